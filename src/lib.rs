@@ -1,0 +1,5 @@
+//! kube-proxy-rs: a drop-in replacement for Kubernetes' kube-proxy.
+//!
+//! Sources (API server, manifests) → normalized model ([`kube_proxy_model`]) → backends.
+
+pub mod sources;
