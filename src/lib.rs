@@ -3,3 +3,4 @@
 //! Sources (API server, manifests) → normalized model ([`kube_proxy_model`]) → backends.
 
 pub mod sources;
+pub mod runner;
