@@ -2,6 +2,8 @@
 //! (`render`, `apply`, `-f`). Every source speaks [`SourceEvent`]s; the model builder turns
 //! them into the node-local model.
 
+pub mod apiserver;
+
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
