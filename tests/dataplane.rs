@@ -1,0 +1,526 @@
+//! Real packets through the nftables mode.
+//!
+//! Each test builds its own little cluster of network namespaces
+//! ([`support::netns::Topology`]), runs `kube-proxy apply` inside the node
+//! namespace with manifests describing Services and EndpointSlices, and then
+//! sends TCP and UDP requests from pods, the node and an external client. Every
+//! pod runs an echo server that answers with its name and the source address it
+//! saw, so each check states which endpoint must answer and whether the source
+//! must have been masqueraded. The scenarios follow upstream kube-proxy's e2e
+//! and proxier tests.
+//!
+//! Needs root, `ip` (iproute2) and `nft` (nftables); fails loudly without them.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::netns::{
+    self, probe, Answer, Netns, Outcome, Proto, TcpConversation, Topology, CLIENT_IP, CLUSTER_CIDR,
+    LOCAL_POD_CIDR, LOCAL_POD_GATEWAY, NODE_IP, NODE_NAME, OTHER_CLIENT_IP, POD_PORT,
+    REMOTE_NODE_IP, REMOTE_NODE_NAME, REMOTE_POD_CIDR,
+};
+
+/// Every service exposes this port, TCP and UDP, towards the pods' [`POD_PORT`].
+const SERVICE_PORT: u16 = 80;
+/// An upper bound for one `kube-proxy apply`.
+const APPLY_LIMIT: Duration = Duration::from_secs(60);
+/// Requests per endpoint when checking that traffic is spread over endpoints.
+const PROBES_PER_ENDPOINT: usize = 60;
+
+// ---------------------------------------------------------------------------
+// Services and their endpoints, rendered the way `kubectl get -o yaml` shows them.
+
+/// How a service is exposed beyond its ClusterIP.
+#[derive(Clone)]
+enum Exposure {
+    ClusterIp,
+    NodePort(u16),
+    LoadBalancer {
+        node_port: u16,
+        ingress: Ipv4Addr,
+        source_ranges: Vec<&'static str>,
+    },
+}
+
+/// An endpoint's conditions in its EndpointSlice.
+#[derive(Clone, Copy)]
+enum Condition {
+    Ready,
+    /// Terminating but still serving: a fallback when nothing is ready.
+    ServingTerminating,
+    /// Terminating and no longer serving: never used.
+    Terminating,
+}
+
+/// A Service, its endpoints (pods of the topology) and its policies.
+#[derive(Clone)]
+struct Svc {
+    name: &'static str,
+    cluster_ip: Ipv4Addr,
+    exposure: Exposure,
+    external_ips: Vec<Ipv4Addr>,
+    external_local: bool,
+    internal_local: bool,
+    client_ip_affinity: bool,
+    endpoints: Vec<(&'static str, Condition)>,
+}
+
+impl Svc {
+    /// A ClusterIP service `10.96.0.<host>` with ready endpoints `pods`.
+    fn new(name: &'static str, host: u8, pods: &[&'static str]) -> Svc {
+        Svc {
+            name,
+            cluster_ip: Ipv4Addr::new(10, 96, 0, host),
+            exposure: Exposure::ClusterIp,
+            external_ips: Vec::new(),
+            external_local: false,
+            internal_local: false,
+            client_ip_affinity: false,
+            endpoints: pods.iter().map(|pod| (*pod, Condition::Ready)).collect(),
+        }
+    }
+
+    fn node_port(mut self, port: u16) -> Svc {
+        self.exposure = Exposure::NodePort(port);
+        self
+    }
+
+    fn load_balancer(mut self, node_port: u16, ingress: Ipv4Addr, ranges: &[&'static str]) -> Svc {
+        self.exposure = Exposure::LoadBalancer {
+            node_port,
+            ingress,
+            source_ranges: ranges.to_vec(),
+        };
+        self
+    }
+
+    fn external_ip(mut self, ip: Ipv4Addr) -> Svc {
+        self.external_ips.push(ip);
+        self
+    }
+
+    fn external_traffic_local(mut self) -> Svc {
+        self.external_local = true;
+        self
+    }
+
+    fn internal_traffic_local(mut self) -> Svc {
+        self.internal_local = true;
+        self
+    }
+
+    fn client_ip_affinity(mut self) -> Svc {
+        self.client_ip_affinity = true;
+        self
+    }
+
+    fn endpoint(mut self, pod: &'static str, condition: Condition) -> Svc {
+        self.endpoints.push((pod, condition));
+        self
+    }
+
+    /// The ClusterIP address and service port.
+    fn cluster_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.cluster_ip, SERVICE_PORT))
+    }
+
+    /// The node port on the node's primary IP.
+    fn node_port_addr(&self) -> SocketAddr {
+        let port = match self.exposure {
+            Exposure::NodePort(port)
+            | Exposure::LoadBalancer {
+                node_port: port, ..
+            } => port,
+            Exposure::ClusterIp => panic!("{} has no node port", self.name),
+        };
+        SocketAddr::from((NODE_IP, port))
+    }
+
+    fn load_balancer_addr(&self) -> SocketAddr {
+        match self.exposure {
+            Exposure::LoadBalancer { ingress, .. } => SocketAddr::from((ingress, SERVICE_PORT)),
+            _ => panic!("{} is not a LoadBalancer", self.name),
+        }
+    }
+
+    fn service_object(&self) -> Value {
+        let node_port = match &self.exposure {
+            Exposure::ClusterIp => None,
+            Exposure::NodePort(port)
+            | Exposure::LoadBalancer {
+                node_port: port, ..
+            } => Some(*port),
+        };
+        let ports: Vec<Value> = [("tcp", "TCP"), ("udp", "UDP")]
+            .iter()
+            .map(|(name, protocol)| {
+                let mut port = json!({
+                    "name": name, "port": SERVICE_PORT, "protocol": protocol, "targetPort": POD_PORT,
+                });
+                if let Some(node_port) = node_port {
+                    port["nodePort"] = json!(node_port);
+                }
+                port
+            })
+            .collect();
+        let policy = |local| if local { "Local" } else { "Cluster" };
+        let mut spec = json!({
+            "type": match self.exposure {
+                Exposure::ClusterIp => "ClusterIP",
+                Exposure::NodePort(_) => "NodePort",
+                Exposure::LoadBalancer { .. } => "LoadBalancer",
+            },
+            "clusterIP": self.cluster_ip.to_string(),
+            "clusterIPs": [self.cluster_ip.to_string()],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "ports": ports,
+            "selector": {"app": self.name},
+            "sessionAffinity": if self.client_ip_affinity { "ClientIP" } else { "None" },
+            "internalTrafficPolicy": policy(self.internal_local),
+        });
+        if self.client_ip_affinity {
+            spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
+        }
+        if node_port.is_some() {
+            spec["externalTrafficPolicy"] = json!(policy(self.external_local));
+            if self.external_local {
+                // The API server allocates one for Local policy on these types.
+                spec["healthCheckNodePort"] = json!(node_port.map(|port| port + 1000));
+            }
+        }
+        if !self.external_ips.is_empty() {
+            spec["externalIPs"] = json!(self
+                .external_ips
+                .iter()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>());
+        }
+        let mut status = json!({"loadBalancer": {}});
+        if let Exposure::LoadBalancer {
+            ingress,
+            source_ranges,
+            ..
+        } = &self.exposure
+        {
+            spec["loadBalancerSourceRanges"] = json!(source_ranges);
+            status = json!({"loadBalancer": {"ingress": [{"ip": ingress.to_string(), "ipMode": "VIP"}]}});
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": self.name, "namespace": "default"},
+            "spec": spec,
+            "status": status,
+        })
+    }
+
+    fn endpoint_slice_object(&self, topology: &Topology) -> Value {
+        let endpoints: Vec<Value> = self
+            .endpoints
+            .iter()
+            .map(|(pod, condition)| {
+                let (ready, serving, terminating) = match condition {
+                    Condition::Ready => (true, true, false),
+                    Condition::ServingTerminating => (false, true, true),
+                    Condition::Terminating => (false, false, true),
+                };
+                let pod = topology.pod(pod);
+                json!({
+                    "addresses": [pod.ip.to_string()],
+                    "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                    "nodeName": pod.node,
+                    "targetRef": {"kind": "Pod", "name": pod.name, "namespace": "default"},
+                })
+            })
+            .collect();
+        json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{}-x7k2p", self.name),
+                "namespace": "default",
+                "labels": {
+                    "kubernetes.io/service-name": self.name,
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [
+                {"name": "tcp", "port": POD_PORT, "protocol": "TCP"},
+                {"name": "udp", "port": POD_PORT, "protocol": "UDP"},
+            ],
+        })
+    }
+}
+
+fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": ip.to_string()},
+            {"type": "Hostname", "address": name},
+        ]},
+    })
+}
+
+/// The `kind: List` document `kubectl get svc,endpointslices,nodes -A -o yaml` prints.
+fn manifests(topology: &Topology, services: &[Svc]) -> String {
+    let mut items = vec![
+        node_object(NODE_NAME, NODE_IP, LOCAL_POD_CIDR),
+        node_object(REMOTE_NODE_NAME, REMOTE_NODE_IP, REMOTE_POD_CIDR),
+    ];
+    for svc in services {
+        items.push(svc.service_object());
+        items.push(svc.endpoint_slice_object(topology));
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
+    serde_norway::to_string(&list).expect("manifests serialise")
+}
+
+// ---------------------------------------------------------------------------
+// A topology plus the kube-proxy runs against it.
+
+/// Where a request comes from.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Pod(&'static str),
+    /// A process in the node's own network namespace.
+    Node,
+    /// The external client, with the given source address.
+    Client(Ipv4Addr),
+}
+
+/// One test's cluster. On a failing test its Drop prints the last manifests,
+/// kube-proxy's output and the node's ruleset.
+struct Cluster {
+    topology: Topology,
+    workdir: tempfile::TempDir,
+    applies: usize,
+    log: String,
+}
+
+impl Cluster {
+    fn new(local_pods: &[&str], remote_pods: &[&str]) -> Cluster {
+        require_prerequisites();
+        Cluster {
+            topology: Topology::build(local_pods, remote_pods),
+            workdir: tempfile::tempdir().expect("temporary directory"),
+            applies: 0,
+            log: String::new(),
+        }
+    }
+
+    /// Runs `kube-proxy apply` in the node namespace and requires exit 0.
+    fn apply(&mut self, services: &[Svc]) {
+        self.applies += 1;
+        let path = self
+            .workdir
+            .path()
+            .join(format!("apply-{}.yaml", self.applies));
+        let text = manifests(&self.topology, services);
+        std::fs::write(&path, &text).expect("write manifests");
+        let child = self
+            .topology
+            .node
+            .command(env!("CARGO_BIN_EXE_kube-proxy"))
+            .arg("apply")
+            .arg("-f")
+            .arg(&path)
+            .args(["--proxy-mode", "nftables", "--hostname-override", NODE_NAME])
+            .args(["--cluster-cidr", CLUSTER_CIDR])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kube-proxy");
+        let output = netns::wait_bounded(child, APPLY_LIMIT).expect("kube-proxy apply finishes");
+        self.log = format!(
+            "--- manifests (apply #{}) ---\n{text}\n--- kube-proxy stdout ---\n{}\n--- kube-proxy stderr ---\n{}",
+            self.applies,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(
+            output.status.success(),
+            "kube-proxy apply #{} failed: {}",
+            self.applies,
+            output.status
+        );
+    }
+
+    fn pod_ip(&self, pod: &str) -> IpAddr {
+        IpAddr::V4(self.topology.pod(pod).ip)
+    }
+
+    /// `count` requests, each a new flow, from `origin` to `target`.
+    fn send(&self, origin: Origin, proto: Proto, target: SocketAddr, count: usize) -> Vec<Outcome> {
+        let (ns, source) = self.origin(origin);
+        ns.enter(|| (0..count).map(|_| probe(proto, source, target)).collect())
+    }
+
+    fn origin(&self, origin: Origin) -> (&Netns, Option<IpAddr>) {
+        match origin {
+            Origin::Pod(pod) => (&self.topology.pod(pod).netns, None),
+            Origin::Node => (&self.topology.node, None),
+            Origin::Client(ip) => (&self.topology.client, Some(IpAddr::V4(ip))),
+        }
+    }
+
+    /// What `pod` answers when the request reached it from `source`.
+    fn seen(&self, pod: &str, source: IpAddr) -> Answer {
+        Answer {
+            identity: pod.to_owned(),
+            peer: source,
+        }
+    }
+
+    /// What `pod` answers to masqueraded traffic: the node's address towards it.
+    fn seen_masqueraded(&self, pod: &str) -> Answer {
+        self.seen(pod, IpAddr::V4(self.topology.node_address_towards(pod)))
+    }
+
+    /// Requests from `origin` reach exactly the `expected` answers, each a fair
+    /// share (kube-proxy picks endpoints with `numgen random`, so the check is
+    /// a bound, not an exact split: each of N gets at least 40 % of 1/N; a
+    /// false failure is about one in a million).
+    fn expect_spread(&self, origin: Origin, proto: Proto, target: SocketAddr, expected: &[Answer]) {
+        let count = PROBES_PER_ENDPOINT * expected.len();
+        let outcomes = self.send(origin, proto, target, count);
+        let what = format!("{proto:?} {origin:?} -> {target}");
+        let tally = tally(&outcomes);
+        for answer in tally.keys() {
+            assert!(
+                matches!(answer, Outcome::Answered(a) if expected.contains(a)),
+                "{what}: unexpected {answer:?}; expected only {expected:?}; all: {tally:?}"
+            );
+        }
+        let floor = count * 2 / (5 * expected.len());
+        for answer in expected {
+            let got = tally
+                .get(&Outcome::Answered(answer.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                got >= floor,
+                "{what}: {answer:?} answered {got} of {count} (< {floor}); all: {tally:?}"
+            );
+        }
+    }
+
+    /// Requests from `origin` all get `expected` (e.g. Refused, TimedOut).
+    fn expect_outcome(&self, origin: Origin, proto: Proto, target: SocketAddr, expected: Outcome) {
+        let outcome = self.send(origin, proto, target, 1).remove(0);
+        assert_eq!(outcome, expected, "{proto:?} {origin:?} -> {target}");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let ruleset = self
+                .topology
+                .node
+                .command("nft")
+                .args(["list", "ruleset"])
+                .output();
+            let ruleset = ruleset.map_or_else(
+                |e| e.to_string(),
+                |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+            );
+            eprintln!("{}\n--- nft list ruleset (node) ---\n{ruleset}", self.log);
+        }
+    }
+}
+
+/// Counts equal outcomes.
+fn tally(outcomes: &[Outcome]) -> BTreeMap<Outcome, usize> {
+    let mut tally = BTreeMap::new();
+    for outcome in outcomes {
+        *tally.entry(outcome.clone()).or_insert(0) += 1;
+    }
+    tally
+}
+
+/// These tests must run in CI: fail with instructions instead of skipping.
+fn require_prerequisites() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "dataplane tests need root (network namespaces, nftables)"
+    );
+    for tool in ["ip", "nft"] {
+        let ok = Command::new(tool)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "dataplane tests need `{tool}`: apt-get install -y iproute2 nftables"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The harness itself, before any kube-proxy is involved.
+
+/// Routing, echo servers and the REJECT/DROP classification work on their own.
+#[test]
+fn harness_routes_plain_traffic() {
+    let cluster = Cluster::new(&["a", "b"], &["r"]);
+    let (a, b, r) = ("a", "b", "r");
+    let remote = cluster.topology.pod(r).addr();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(
+            Origin::Pod(a),
+            proto,
+            remote,
+            &[cluster.seen(r, cluster.pod_ip(a))],
+        );
+        cluster.expect_spread(
+            Origin::Node,
+            proto,
+            remote,
+            &[cluster.seen(r, IpAddr::V4(NODE_IP))],
+        );
+        let local = cluster.topology.pod(a).addr();
+        cluster.expect_spread(
+            Origin::Client(OTHER_CLIENT_IP),
+            proto,
+            local,
+            &[cluster.seen(a, IpAddr::V4(OTHER_CLIENT_IP))],
+        );
+        let closed = SocketAddr::new(cluster.pod_ip(b), 9);
+        cluster.expect_outcome(Origin::Pod(a), proto, closed, Outcome::Refused);
+    }
+    let pod_b = &cluster.topology.pod(b).netns;
+    let drop_all =
+        "add table ip t\nadd chain ip t in { type filter hook input priority 0; policy drop; }\n";
+    let mut nft = pod_b.command("nft");
+    nft.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut child = nft.spawn().expect("spawn nft");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), drop_all.as_bytes())
+        .expect("feed nft");
+    let status = netns::wait_bounded(child, Duration::from_secs(10))
+        .expect("nft finishes")
+        .status;
+    assert!(status.success(), "nft -f: {status}");
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_outcome(
+            Origin::Pod(a),
+            proto,
+            cluster.topology.pod(b).addr(),
+            Outcome::TimedOut,
+        );
+    }
+}

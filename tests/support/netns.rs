@@ -1,0 +1,622 @@
+//! Throwaway network namespaces wired into a small cluster, plus in-process
+//! servers and clients that run inside them.
+//!
+//! Everything here lives in namespaces this process created: names carry the pid
+//! and a counter, so parallel tests (and other processes) never collide, and
+//! every namespace is deleted again in `Drop`, even when a test panics.
+//!
+//! The topology ([`Topology`]) every test gets:
+//!
+//! ```text
+//!  client netns                node netns ("node-a")                 remote netns ("node-b")
+//!  203.0.113.2, .3 (lo)        eth1 198.51.100.1   eth0 192.0.2.10 ── eth0 192.0.2.11
+//!  eth0 198.51.100.2 ───────── eth1                cbr0 10.244.1.1    cbr0 10.244.2.1
+//!                                                   │ (hairpin on)     │
+//!                                              local pods          remote pods
+//!                                              10.244.1.2, .3 ...  10.244.2.2, .3 ...
+//! ```
+//!
+//! Every pod runs an [`EchoServer`] on TCP and UDP port [`POD_PORT`] that
+//! answers each request with its own name and the peer address it saw, so a
+//! test can tell which endpoint answered and whether the source was NATed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// The kube-proxy node's name and primary (InternalIP) address.
+pub const NODE_NAME: &str = "node-a";
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The other node, which only hosts remote pods.
+pub const REMOTE_NODE_NAME: &str = "node-b";
+pub const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+/// The node's address on the link to the external client.
+pub const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const CLIENT_LINK_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Source addresses of the external client; the first is its default.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const OTHER_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+/// Gateway (bridge) addresses of the two pod CIDRs.
+pub const LOCAL_POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+const REMOTE_POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
+pub const LOCAL_POD_CIDR: &str = "10.244.1.0/24";
+pub const REMOTE_POD_CIDR: &str = "10.244.2.0/24";
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The port every pod's echo server listens on, TCP and UDP.
+pub const POD_PORT: u16 = 8080;
+
+/// How long a probe waits for a connection or an answer. Paths here are veths
+/// on one machine (answers take microseconds), so running out of it means the
+/// packets were dropped.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Distinguishes namespaces created by this process.
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `ip` (or any program) and panics with its stderr if it fails.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace created (and owned) by this process.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace named `kpdp-<pid>-<n>-<role>` with `lo` up.
+    pub fn create(role: &str) -> Netns {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("kpdp-{}-{id}-{role}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <ns> ARGS`, panicking on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Sets a `net.*` sysctl of this namespace, e.g. `("ipv4/ip_forward", "1")`.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/net/{key}");
+        self.enter(|| std::fs::write(&path, value))
+            .unwrap_or_else(|e| panic!("{}: writing {path}: {e}", self.name));
+    }
+
+    /// Runs `f` on a fresh thread that has joined this namespace; sockets it
+    /// opens belong to the namespace and may be used from any thread afterwards.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|scope| {
+            let handle = scope.spawn(|| {
+                self.join_current_thread();
+                f()
+            });
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Like [`Netns::enter`], but the thread outlives the call.
+    fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+        let file = self.open();
+        thread::spawn(move || {
+            setns(&file);
+            f()
+        })
+    }
+
+    fn join_current_thread(&self) {
+        setns(&self.open());
+    }
+
+    fn open(&self) -> File {
+        let path = format!("/run/netns/{}", self.name);
+        File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"))
+    }
+}
+
+/// Moves the calling thread (only) into the namespace behind `file`.
+fn setns(file: &File) {
+    // SAFETY: plain syscall on a valid, open fd; it changes only this thread's
+    // network namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes left inside (a kube-proxy that hung, say) would keep the
+        // namespace alive after `ip netns del`.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                    // SAFETY: sending a signal has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let deleted = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        if !matches!(deleted, Ok(s) if s.success()) && !thread::panicking() {
+            panic!("could not delete netns {}: {deleted:?}", self.name);
+        }
+    }
+}
+
+/// A pod: its own namespace, an address, the node it runs on, and an echo server.
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub node: &'static str,
+    // Declared before `netns` so the server stops before its namespace goes.
+    server: EchoServer,
+    pub netns: Netns,
+}
+
+/// The whole cluster of one test. Field order is drop order: pods first, then
+/// the nodes they hang off.
+pub struct Topology {
+    pods: BTreeMap<String, Pod>,
+    pub client: Netns,
+    pub remote: Netns,
+    pub node: Netns,
+}
+
+impl Topology {
+    /// Builds the cluster with the given pods on the node under test and on the
+    /// remote node; pod addresses are handed out in order from `.2`.
+    pub fn build(local_pods: &[&str], remote_pods: &[&str]) -> Topology {
+        let node = Netns::create("node");
+        let remote = Netns::create("remote");
+        let client = Netns::create("client");
+        wire_bridge(&node, LOCAL_POD_GATEWAY);
+        wire_remote(&node, &remote);
+        wire_client(&node, &client);
+        let mut topology = Topology {
+            pods: BTreeMap::new(),
+            client,
+            remote,
+            node,
+        };
+        for (i, name) in local_pods.iter().enumerate() {
+            topology.add_pod(name, LOCAL_POD_GATEWAY, i, NODE_NAME);
+        }
+        for (i, name) in remote_pods.iter().enumerate() {
+            topology.add_pod(name, REMOTE_POD_GATEWAY, i, REMOTE_NODE_NAME);
+        }
+        topology
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .get(name)
+            .unwrap_or_else(|| panic!("no pod {name} in this topology"))
+    }
+
+    /// The source address a packet from the node to `pod` leaves with, i.e.
+    /// what masquerading towards that pod rewrites the source to.
+    pub fn node_address_towards(&self, pod: &str) -> Ipv4Addr {
+        match self.pod(pod).node {
+            NODE_NAME => LOCAL_POD_GATEWAY,
+            _ => NODE_IP,
+        }
+    }
+
+    fn add_pod(&mut self, name: &str, gateway: Ipv4Addr, index: usize, node: &'static str) {
+        let [a, b, c, _] = gateway.octets();
+        let ip = Ipv4Addr::new(a, b, c, 2 + u8::try_from(index).expect("too many pods"));
+        let netns = Netns::create("pod");
+        let host = if node == NODE_NAME {
+            &self.node
+        } else {
+            &self.remote
+        };
+        let port = format!("veth{index}");
+        host.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ]);
+        host.ip(&["link", "set", &port, "master", "cbr0", "up"]);
+        // Lets a pod reach itself through a service (hairpin).
+        host.ip(&[
+            "link",
+            "set",
+            &port,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
+        netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        netns.ip(&["link", "set", "eth0", "up"]);
+        netns.ip(&["route", "add", "default", "via", &gateway.to_string()]);
+        let server = EchoServer::start(&netns, name, POD_PORT);
+        self.pods.insert(
+            name.to_owned(),
+            Pod {
+                name: name.to_owned(),
+                ip,
+                node,
+                server,
+                netns,
+            },
+        );
+    }
+}
+
+impl Pod {
+    /// Pod address and echo port.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.server.port))
+    }
+}
+
+/// A node's bridge for its pods plus forwarding; shared by both nodes.
+fn wire_bridge(ns: &Netns, gateway: Ipv4Addr) {
+    ns.ip(&["link", "add", "cbr0", "type", "bridge"]);
+    ns.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "cbr0"]);
+    ns.ip(&["link", "set", "cbr0", "up"]);
+    ns.sysctl("ipv4/ip_forward", "1");
+}
+
+/// The node-to-node link carrying `NODE_IP`, and routes to each other's pods.
+fn wire_remote(node: &Netns, remote: &Netns) {
+    wire_bridge(remote, REMOTE_POD_GATEWAY);
+    node.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        remote.name(),
+    ]);
+    link_up(node, "eth0", NODE_IP, 24);
+    link_up(remote, "eth0", REMOTE_NODE_IP, 24);
+    node.ip(&[
+        "route",
+        "add",
+        REMOTE_POD_CIDR,
+        "via",
+        &REMOTE_NODE_IP.to_string(),
+    ]);
+    // Replies to pods, NodePort clients and masqueraded traffic all go back
+    // through the node under test.
+    remote.ip(&["route", "add", "default", "via", &NODE_IP.to_string()]);
+}
+
+/// The external client: a link network plus two "public" source addresses.
+fn wire_client(node: &Netns, client: &Netns) {
+    node.ip(&[
+        "link",
+        "add",
+        "eth1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        client.name(),
+    ]);
+    link_up(node, "eth1", NODE_UPLINK_IP, 24);
+    link_up(client, "eth0", CLIENT_LINK_IP, 24);
+    for ip in [CLIENT_IP, OTHER_CLIENT_IP] {
+        client.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+    }
+    client.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &NODE_UPLINK_IP.to_string(),
+        "src",
+        &CLIENT_IP.to_string(),
+    ]);
+    let client_via = CLIENT_LINK_IP.to_string();
+    node.ip(&["route", "add", "203.0.113.0/24", "via", &client_via]);
+    // Node-local connect() to a ClusterIP needs some route before the nat
+    // output hook ever sees the packet; upstream nodes have a default route.
+    node.ip(&["route", "add", SERVICE_CIDR, "via", &client_via]);
+}
+
+fn link_up(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix: u8) {
+    ns.ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", dev]);
+    ns.ip(&["link", "set", dev, "up"]);
+}
+
+/// What an echo server reported: who it is and the peer it saw.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Answer {
+    pub identity: String,
+    pub peer: IpAddr,
+}
+
+/// The result of one request.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Answered(Answer),
+    /// ECONNREFUSED: a TCP RST or ICMP port unreachable, i.e. REJECT.
+    Refused,
+    /// Nothing came back within [`PROBE_TIMEOUT`], i.e. DROP.
+    TimedOut,
+    /// Any other error, e.g. EHOSTUNREACH.
+    Failed(String),
+}
+
+impl Outcome {
+    fn from_error(e: &io::Error) -> Outcome {
+        match e.kind() {
+            ErrorKind::ConnectionRefused => Outcome::Refused,
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => Outcome::TimedOut,
+            _ => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// The answer, or a panic naming what happened instead.
+    pub fn answer(&self, what: &str) -> &Answer {
+        match self {
+            Outcome::Answered(answer) => answer,
+            other => panic!("{what}: expected an answer, got {other:?}"),
+        }
+    }
+}
+
+/// Parses `"<identity> <peer ip>:<port>"`.
+fn parse_answer(line: &str) -> Outcome {
+    let parsed = line.trim().split_once(' ').and_then(|(identity, peer)| {
+        let peer: SocketAddr = peer.parse().ok()?;
+        Some(Answer {
+            identity: identity.to_owned(),
+            peer: peer.ip(),
+        })
+    });
+    parsed.map_or_else(
+        || Outcome::Failed(format!("garbled answer {line:?}")),
+        Outcome::Answered,
+    )
+}
+
+/// The transport a probe uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// Sends one request over a new connection (TCP) or a new socket (UDP), so
+/// each probe is a new conntrack flow. `source` picks the local address.
+pub fn probe(proto: Proto, source: Option<IpAddr>, target: SocketAddr) -> Outcome {
+    match proto {
+        Proto::Tcp => match TcpConversation::open(source, target) {
+            Ok(mut conversation) => conversation.exchange(),
+            Err(e) => Outcome::from_error(&e),
+        },
+        Proto::Udp => udp_probe(source, target).unwrap_or_else(|e| Outcome::from_error(&e)),
+    }
+}
+
+fn udp_probe(source: Option<IpAddr>, target: SocketAddr) -> io::Result<Outcome> {
+    let local = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let socket = UdpSocket::bind((local, 0))?;
+    // A connected socket reports ICMP port unreachable as ECONNREFUSED.
+    socket.connect(target)?;
+    socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    socket.send(b"ping\n")?;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf)?;
+    Ok(parse_answer(&String::from_utf8_lossy(&buf[..n])))
+}
+
+/// An open TCP connection that can carry several request/answer exchanges.
+pub struct TcpConversation {
+    reader: BufReader<TcpStream>,
+}
+
+impl TcpConversation {
+    /// Connects (from `source`, if given) with bounded connect and read timeouts.
+    pub fn open(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpConversation> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        if let Some(ip) = source {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        socket.connect_timeout(&target.into(), PROBE_TIMEOUT)?;
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+        stream.set_write_timeout(Some(PROBE_TIMEOUT))?;
+        Ok(TcpConversation {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// One request and its answer over the open connection.
+    pub fn exchange(&mut self) -> Outcome {
+        let mut line = String::new();
+        let result = self
+            .reader
+            .get_mut()
+            .write_all(b"ping\n")
+            .and_then(|()| self.reader.read_line(&mut line));
+        match result {
+            Ok(0) => Outcome::Failed("connection closed".into()),
+            Ok(_) => parse_answer(&line),
+            Err(e) => Outcome::from_error(&e),
+        }
+    }
+}
+
+/// TCP and UDP echo servers on one port of a namespace, answering each
+/// request line/datagram with `"<identity> <peer>"`.
+pub struct EchoServer {
+    port: u16,
+    // Shared with the serving threads so the fds stay valid for Drop's shutdown().
+    listener: Arc<TcpListener>,
+    udp: Arc<UdpSocket>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Binds both sockets inside `ns` and serves them on background threads.
+    pub fn start(ns: &Netns, identity: &str, port: u16) -> EchoServer {
+        let (listener, udp) = ns
+            .enter(|| -> io::Result<_> {
+                Ok((
+                    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?,
+                    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?,
+                ))
+            })
+            .unwrap_or_else(|e| panic!("{identity}: bind port {port}: {e}"));
+        let (listener, udp) = (Arc::new(listener), Arc::new(udp));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let threads = vec![
+            {
+                let (listener, connections) = (Arc::clone(&listener), Arc::clone(&connections));
+                let identity = identity.to_owned();
+                ns.spawn(move || serve_tcp(&listener, &identity, &connections))
+            },
+            {
+                let (udp, identity) = (Arc::clone(&udp), identity.to_owned());
+                ns.spawn(move || serve_udp(&udp, &identity))
+            },
+        ];
+        EchoServer {
+            port,
+            listener,
+            udp,
+            connections,
+            threads,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        // shutdown() wakes a thread blocked in accept()/recv() on Linux.
+        for fd in [self.listener.as_raw_fd(), self.udp.as_raw_fd()] {
+            // SAFETY: `self` keeps both sockets open; shutdown() only changes
+            // their state.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        for stream in self.connections.lock().unwrap().iter() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_tcp(listener: &TcpListener, identity: &str, connections: &Mutex<Vec<TcpStream>>) {
+    let mut handlers = Vec::new();
+    // accept() fails once Drop shuts the listener down.
+    while let Ok((stream, peer)) = listener.accept() {
+        let Ok(tracked) = stream.try_clone() else {
+            continue;
+        };
+        connections.lock().unwrap().push(tracked);
+        let identity = identity.to_owned();
+        handlers.push(thread::spawn(move || answer_lines(stream, &identity, peer)));
+    }
+    for handler in handlers {
+        let _ = handler.join();
+    }
+}
+
+/// Answers each line until the peer (or Drop) closes the connection.
+fn answer_lines(stream: TcpStream, identity: &str, peer: SocketAddr) {
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(stream).lines() {
+        if line.is_err() || writeln!(writer, "{identity} {peer}").is_err() {
+            return;
+        }
+    }
+}
+
+fn serve_udp(socket: &UdpSocket, identity: &str) {
+    let mut buf = [0u8; 256];
+    // After shutdown() recv_from returns Ok(0) from an empty queue, with an
+    // unspecified peer; a real request always carries data.
+    while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+        if n == 0 {
+            return;
+        }
+        let _ = socket.send_to(format!("{identity} {peer}\n").as_bytes(), peer);
+    }
+}
+
+/// Waits at most `limit` for `child`, killing it when the time is up.
+pub fn wait_bounded(
+    child: std::process::Child,
+    limit: Duration,
+) -> io::Result<std::process::Output> {
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => {
+            let _ = waiter.join();
+            output
+        }
+        Err(_) => {
+            // SAFETY: signalling our own, not yet reaped, child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let _ = waiter.join();
+            Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("killed after {limit:?}"),
+            ))
+        }
+    }
+}
