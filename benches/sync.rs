@@ -1,0 +1,121 @@
+//! Rule syncs at scale: building the model from API objects, rendering the nftables
+//! ruleset, and applying it to a real kernel (in a private network namespace).
+//!
+//! `cargo bench --bench sync` runs the 1k-Service cases and the 10k render and model cases;
+//! `KPRS_BENCH_10K=1` adds the 10k-Service kernel applies, which take minutes each.
+
+mod scale;
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use kube_proxy_model::{Backend, Changes, ProxyOptions};
+use kube_proxy_nftables::NftablesBackend;
+
+const ENDPOINTS: u32 = 10;
+
+fn sizes(kernel: bool) -> Vec<u32> {
+    let big = !kernel || std::env::var_os("KPRS_BENCH_10K").is_some();
+    if big {
+        vec![1_000, 10_000]
+    } else {
+        vec![1_000]
+    }
+}
+
+fn options() -> ProxyOptions {
+    ProxyOptions {
+        local_detector: kube_proxy_model::LocalDetector::Cidrs(vec!["10.128.0.0/9".parse().unwrap()]),
+        ..ProxyOptions::default()
+    }
+}
+
+/// The controller side: Services and EndpointSlices to a categorized model.
+fn model(c: &mut Criterion) {
+    let mut g = c.benchmark_group("model");
+    g.sample_size(10);
+    for n in sizes(false) {
+        g.bench_with_input(BenchmarkId::new("initial_list", n), &n, |b, &n| {
+            b.iter_with_large_drop(|| scale::built(n, ENDPOINTS))
+        });
+        let (mut builder, _) = scale::built(n, ENDPOINTS);
+        let mut generation = 0;
+        g.bench_with_input(BenchmarkId::new("one_slice_changed", n), &n, |b, _| {
+            b.iter(|| {
+                generation = (generation + 1) % 2;
+                black_box(scale::churn_one(&mut builder, ENDPOINTS, generation))
+            })
+        });
+    }
+}
+
+/// The nftables script a full sync would send.
+fn render(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nftables_render");
+    g.sample_size(10);
+    for n in sizes(false) {
+        let (_, state) = scale::built(n, ENDPOINTS);
+        let backend = NftablesBackend::new(options()).expect("nftables backend");
+        g.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
+            b.iter(|| black_box(backend.render(state).expect("render")))
+        });
+    }
+}
+
+fn delete_tables() {
+    for family in ["ip", "ip6"] {
+        // Absent tables are fine: this only resets the private namespace between samples.
+        let _ = Command::new("nft").args(["delete", "table", family, "kube-proxy"]).status();
+    }
+}
+
+/// Real `nft` transactions: programming an empty node, and a sync after one pod restart.
+fn apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nftables_apply");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    for n in sizes(true) {
+        let (mut builder, state) = scale::built(n, ENDPOINTS);
+        g.bench_with_input(BenchmarkId::new("full_from_empty", n), &state, |b, state| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    delete_tables();
+                    let mut backend = NftablesBackend::new(options()).expect("nftables backend");
+                    let start = Instant::now();
+                    backend.sync(state, &Changes::full()).expect("full sync");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        delete_tables();
+        let mut backend = NftablesBackend::new(options()).expect("nftables backend");
+        backend.sync(&state, &Changes::full()).expect("full sync");
+        let mut generation = 0;
+        g.bench_with_input(BenchmarkId::new("one_service_changed", n), &n, |b, _| {
+            b.iter(|| {
+                generation = (generation + 1) % 2;
+                let (state, changes) = scale::churn_one(&mut builder, ENDPOINTS, generation);
+                assert_eq!(changes.services.len(), 1);
+                backend.sync(&state, &changes).expect("partial sync")
+            })
+        });
+        delete_tables();
+    }
+}
+
+criterion_group!(benches, model, render, apply);
+
+fn main() {
+    // Everything below runs in a network namespace of its own: the host's rules are never
+    // touched, and the namespace vanishes with the process.
+    // SAFETY: called before any thread is started, with no pointers involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!("unshare(CLONE_NEWNET) failed (run as root): {}", std::io::Error::last_os_error());
+        std::process::exit(1);
+    }
+    benches();
+    criterion::Criterion::default().configure_from_args().final_summary();
+}
