@@ -94,11 +94,17 @@ impl ChangeTracker {
         if current.as_deref() == entry.as_deref() {
             return false;
         }
-        self.baseline.entry((family, name.clone())).or_insert(current);
+        let key = (family, name);
+        let baseline = self.baseline.entry(key.clone()).or_insert(current);
+        // Back to what the last sync saw: nothing is pending for this port any more.
+        let reverted = baseline.as_deref() == entry.as_deref();
         match entry {
-            Some(e) => map.insert(name, e),
-            None => map.remove(&name),
+            Some(e) => map.insert(key.1.clone(), e),
+            None => map.remove(&key.1),
         };
+        if reverted {
+            self.baseline.remove(&key);
+        }
         true
     }
 
