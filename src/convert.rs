@@ -1,0 +1,859 @@
+//! The one place where Kubernetes API objects become model types.
+//!
+//! Each function reads one object the way upstream kube-proxy does (`newBaseServiceInfo`,
+//! the EndpointSlice cache, `GetNodeHostIPs`) and reports what it could not use as
+//! [`ConvertError`]s that name the object and the field. A bad port, address or range is
+//! skipped on its own; nothing here panics, whatever the input.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::{self as discovery, EndpointSlice};
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_proxy_model::{
+    Endpoint, IpFamily, Protocol, ServicePort, ServicePortName, SessionAffinity,
+    LABEL_TOPOLOGY_ZONE,
+};
+
+/// Services (and their slices) with this label belong to another proxy implementation.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Set by the EndpointSlice controller on objects of headless Services.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Names the Service an EndpointSlice belongs to.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// When the change that produced an EndpointSlice happened (RFC 3339).
+pub const ANNOTATION_LAST_CHANGE_TRIGGER_TIME: &str =
+    "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The API's upper bound for `sessionAffinityConfig.clientIP.timeoutSeconds` (one day).
+const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86400;
+
+/// Identifies a namespaced (or, with an empty namespace, cluster-scoped) object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// Something in an object that the proxy cannot use, e.g.
+/// `Service ns/name: spec.ports[1].protocol: unsupported "XYZ"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {field}: {message}")]
+pub struct ConvertError {
+    /// The object's kind (`Service`, `EndpointSlice`, ...).
+    pub kind: &'static str,
+    /// `namespace/name`, or as much of it as the object carries.
+    pub object: String,
+    /// The path of the offending field.
+    pub field: String,
+    pub message: String,
+}
+
+/// The result of a conversion: what could be used, and what was skipped and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converted<T> {
+    pub value: T,
+    pub problems: Vec<ConvertError>,
+}
+
+impl<T> Converted<T> {
+    /// Logs every problem as a warning and returns the value.
+    pub fn log(self) -> T {
+        for problem in &self.problems {
+            tracing::warn!("{problem}");
+        }
+        self.value
+    }
+}
+
+/// Collects the problems of one object.
+struct Problems {
+    kind: &'static str,
+    object: String,
+    list: Vec<ConvertError>,
+}
+
+impl Problems {
+    fn new(kind: &'static str, object: impl fmt::Display) -> Self {
+        Problems {
+            kind,
+            object: object.to_string(),
+            list: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(ConvertError {
+            kind: self.kind,
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn finish<T>(self, value: T) -> Converted<T> {
+        Converted {
+            value,
+            problems: self.list,
+        }
+    }
+}
+
+/// The key of an object; an object without a name cannot be tracked and is an error.
+pub fn object_key(kind: &'static str, meta: &ObjectMeta) -> Result<ObjectKey, ConvertError> {
+    let namespace = meta.namespace.clone().unwrap_or_default();
+    match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => Ok(ObjectKey::new(namespace, name)),
+        _ => Err(ConvertError {
+            kind,
+            object: ObjectKey::new(namespace, "<unnamed>").to_string(),
+            field: "metadata.name".into(),
+            message: "missing".into(),
+        }),
+    }
+}
+
+fn has_label(meta: &ObjectMeta, label: &str) -> bool {
+    meta.labels.as_ref().is_some_and(|l| l.contains_key(label))
+}
+
+/// Why upstream's informers or `ShouldSkipService` would never show this Service to the
+/// proxier, if they would not.
+fn service_skip_reason(svc: &Service) -> Option<&'static str> {
+    if has_label(&svc.metadata, LABEL_SERVICE_PROXY_NAME) {
+        return Some("owned by another proxy (service-proxy-name label)");
+    }
+    if has_label(&svc.metadata, LABEL_HEADLESS) {
+        return Some("headless label");
+    }
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Some("type ExternalName");
+    }
+    match spec.cluster_ip.as_deref().unwrap_or("") {
+        "" => Some("no clusterIP"),
+        "None" => Some("headless"),
+        _ => None,
+    }
+}
+
+/// The ports of a Service the proxy handles, in every family it has a ClusterIP of.
+///
+/// Empty for Services the proxy ignores (headless, ExternalName, no ClusterIP, labelled for
+/// another proxy or as headless) and for Services it cannot use at all.
+pub fn service_ports(svc: &Service) -> Converted<Vec<ServicePort>> {
+    let key = match object_key("Service", &svc.metadata) {
+        Ok(key) => key,
+        Err(e) => {
+            return Converted {
+                value: Vec::new(),
+                problems: vec![e],
+            }
+        }
+    };
+    let mut problems = Problems::new("Service", &key);
+    if let Some(reason) = service_skip_reason(svc) {
+        tracing::debug!(service = %key, reason, "skipping Service");
+        return problems.finish(Vec::new());
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return problems.finish(Vec::new());
+    };
+    let Some(shared) = ServiceShared::read(svc, &mut problems) else {
+        return problems.finish(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let Some((name, port, node_port)) = read_port(&key, i, port, &mut problems) else {
+            continue;
+        };
+        if !seen.insert((name.port.clone(), name.protocol)) {
+            problems.push(
+                format!("spec.ports[{i}]"),
+                format!("duplicate port name {:?} for {}", name.port, name.protocol),
+            );
+            continue;
+        }
+        for family in IpFamily::ALL {
+            if let Some(sp) = shared.port_for(family, &name, port, node_port) {
+                out.push(sp);
+            }
+        }
+    }
+    problems.finish(out)
+}
+
+/// Reads `spec.ports[i]`: its name, port and NodePort, or `None` if it is unusable.
+fn read_port(
+    key: &ObjectKey,
+    i: usize,
+    port: &k8s_openapi::api::core::v1::ServicePort,
+    problems: &mut Problems,
+) -> Option<(ServicePortName, u16, u16)> {
+    // The API server defaults the protocol to TCP; hand-written manifests may omit it.
+    let protocol_str = port.protocol.as_deref().unwrap_or("TCP");
+    let Some(protocol) = Protocol::from_k8s(protocol_str) else {
+        problems.push(
+            format!("spec.ports[{i}].protocol"),
+            format!("unsupported {protocol_str:?}"),
+        );
+        return None;
+    };
+    let number = match u16::try_from(port.port) {
+        Ok(p) if p != 0 => p,
+        _ => {
+            problems.push(
+                format!("spec.ports[{i}].port"),
+                format!("{} is out of range 1-65535", port.port),
+            );
+            return None;
+        }
+    };
+    let node_port = port.node_port.unwrap_or(0);
+    let Ok(node_port) = u16::try_from(node_port) else {
+        problems.push(
+            format!("spec.ports[{i}].nodePort"),
+            format!("{node_port} is out of range 0-65535"),
+        );
+        return None;
+    };
+    let name = ServicePortName {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        port: port.name.clone().unwrap_or_default(),
+        protocol,
+    };
+    Some((name, number, node_port))
+}
+
+/// What every port of a Service shares, already split by family.
+struct ServiceShared {
+    cluster_ips: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    load_balancer_ips: Vec<IpAddr>,
+    source_ranges: Vec<IpNet>,
+    session_affinity: Option<SessionAffinity>,
+    external_policy_local: bool,
+    internal_policy_local: bool,
+    health_check_node_port: u16,
+}
+
+impl ServiceShared {
+    /// Reads the Service-wide fields; `None` when the Service cannot be used at all.
+    fn read(svc: &Service, problems: &mut Problems) -> Option<Self> {
+        let spec = svc.spec.as_ref()?;
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if !matches!(type_, "ClusterIP" | "NodePort" | "LoadBalancer") {
+            problems.push("spec.type", format!("unsupported {type_:?}"));
+            return None;
+        }
+        let external_ips = parse_ips(
+            spec.external_ips.iter().flatten(),
+            "spec.externalIPs",
+            problems,
+        );
+        let externally_accessible = type_ != "ClusterIP" || !external_ips.is_empty();
+        let external_policy_local = externally_accessible
+            && read_policy(
+                spec.external_traffic_policy.as_deref(),
+                "spec.externalTrafficPolicy",
+                problems,
+            );
+        let health_check_node_port = if type_ == "LoadBalancer" && external_policy_local {
+            read_health_check_node_port(spec.health_check_node_port, problems)
+        } else {
+            0
+        };
+        Some(ServiceShared {
+            cluster_ips: read_cluster_ips(spec, problems)?,
+            external_ips,
+            load_balancer_ips: read_load_balancer_ips(svc, problems),
+            source_ranges: read_source_ranges(
+                spec.load_balancer_source_ranges.as_deref(),
+                problems,
+            )?,
+            session_affinity: read_session_affinity(spec, problems)?,
+            external_policy_local,
+            internal_policy_local: read_policy(
+                spec.internal_traffic_policy.as_deref(),
+                "spec.internalTrafficPolicy",
+                problems,
+            ),
+            health_check_node_port,
+        })
+    }
+
+    /// The model port of `family`, if the Service has a ClusterIP of that family.
+    fn port_for(
+        &self,
+        family: IpFamily,
+        name: &ServicePortName,
+        port: u16,
+        node_port: u16,
+    ) -> Option<ServicePort> {
+        let of_family = |ips: &[IpAddr]| {
+            ips.iter()
+                .copied()
+                .filter(|ip| IpFamily::of(ip) == family)
+                .collect()
+        };
+        Some(ServicePort {
+            name: name.clone(),
+            family,
+            cluster_ip: self
+                .cluster_ips
+                .iter()
+                .copied()
+                .find(|ip| IpFamily::of(ip) == family)?,
+            port,
+            node_port,
+            external_ips: of_family(&self.external_ips),
+            load_balancer_ips: of_family(&self.load_balancer_ips),
+            load_balancer_source_ranges: self
+                .source_ranges
+                .iter()
+                .copied()
+                .filter(|net| IpFamily::of_net(net) == family)
+                .collect(),
+            session_affinity: self.session_affinity,
+            external_policy_local: self.external_policy_local,
+            internal_policy_local: self.internal_policy_local,
+            health_check_node_port: self.health_check_node_port,
+        })
+    }
+}
+
+/// The ClusterIPs, at most one per family: `spec.clusterIPs`, else `spec.clusterIP`.
+/// `None` (the Service is unusable) if one of them does not parse.
+fn read_cluster_ips(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    problems: &mut Problems,
+) -> Option<Vec<IpAddr>> {
+    let (field, raw): (&str, Vec<&str>) = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => {
+            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
+        }
+        _ => (
+            "spec.clusterIP",
+            spec.cluster_ip.as_deref().into_iter().collect(),
+        ),
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let Some(ip) = parse_ip_sloppy(s) else {
+            problems.push(format!("{field}[{i}]"), format!("invalid IP {s:?}"));
+            return None;
+        };
+        if out
+            .iter()
+            .all(|have| IpFamily::of(have) != IpFamily::of(&ip))
+        {
+            out.push(ip);
+        }
+    }
+    Some(out)
+}
+
+/// `status.loadBalancer.ingress[].ip`, except `ipMode: Proxy` ones, which the load balancer
+/// itself delivers to the node and so need no rules.
+fn read_load_balancer_ips(svc: &Service, problems: &mut Problems) -> Vec<IpAddr> {
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let mut out = Vec::new();
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        let ip = match ing.ip.as_deref() {
+            None | Some("") => continue,
+            Some(ip) => ip,
+        };
+        if ing.ip_mode.as_deref() == Some("Proxy") {
+            continue;
+        }
+        match parse_ip_sloppy(ip) {
+            Some(ip) => out.push(ip),
+            None => problems.push(
+                format!("status.loadBalancer.ingress[{i}].ip"),
+                format!("invalid IP {ip:?}"),
+            ),
+        }
+    }
+    out
+}
+
+/// `spec.loadBalancerSourceRanges`, trimmed (validation lets whitespace through) and
+/// normalized. `None` if one does not parse: dropping it would open the load balancer to
+/// more sources than its owner allowed, so the Service is not programmed at all.
+fn read_source_ranges(ranges: Option<&[String]>, problems: &mut Problems) -> Option<Vec<IpNet>> {
+    let mut out = Vec::new();
+    for (i, raw) in ranges.into_iter().flatten().enumerate() {
+        match parse_cidr_sloppy(raw.trim()) {
+            Some(net) => out.push(net),
+            None => {
+                problems.push(
+                    format!("spec.loadBalancerSourceRanges[{i}]"),
+                    format!("invalid CIDR {raw:?}"),
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `Some(None)` without affinity, `Some(Some(..))` with ClientIP affinity, `None` when the
+/// affinity cannot be read (the Service is unusable).
+fn read_session_affinity(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    problems: &mut Problems,
+) -> Option<Option<SessionAffinity>> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => return Some(None),
+        Some("ClientIP") => {}
+        Some(other) => {
+            problems.push("spec.sessionAffinity", format!("unsupported {other:?}"));
+            return None;
+        }
+    }
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    let timeout_seconds = match timeout {
+        None => SessionAffinity::DEFAULT_TIMEOUT_SECONDS,
+        Some(t @ 1..=MAX_AFFINITY_TIMEOUT_SECONDS) => t.unsigned_abs(),
+        Some(t) => {
+            problems.push(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                format!("{t} is out of range 1-{MAX_AFFINITY_TIMEOUT_SECONDS}"),
+            );
+            return None;
+        }
+    };
+    Some(Some(SessionAffinity { timeout_seconds }))
+}
+
+/// True for `Local`; `Cluster` and unset are the default.
+fn read_policy(policy: Option<&str>, field: &str, problems: &mut Problems) -> bool {
+    match policy {
+        Some("Local") => true,
+        None | Some("Cluster") => false,
+        Some(other) => {
+            problems.push(field, format!("unsupported {other:?}, using Cluster"));
+            false
+        }
+    }
+}
+
+fn read_health_check_node_port(port: Option<i32>, problems: &mut Problems) -> u16 {
+    match port.map(u16::try_from) {
+        Some(Ok(p)) if p != 0 => p,
+        None | Some(Ok(_)) => {
+            // Upstream logs this too: the API server allocates one for such Services.
+            problems.push(
+                "spec.healthCheckNodePort",
+                "missing for a LoadBalancer with externalTrafficPolicy Local",
+            );
+            0
+        }
+        Some(Err(_)) => {
+            problems.push(
+                "spec.healthCheckNodePort",
+                format!("{} is out of range 1-65535", port.unwrap_or(0)),
+            );
+            0
+        }
+    }
+}
+
+fn parse_ips<'a>(
+    raw: impl Iterator<Item = &'a String>,
+    field: &str,
+    problems: &mut Problems,
+) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for (i, s) in raw.enumerate() {
+        match parse_ip_sloppy(s) {
+            Some(ip) => out.push(ip),
+            None => problems.push(format!("{field}[{i}]"), format!("invalid IP {s:?}")),
+        }
+    }
+    out
+}
+
+/// The endpoints one EndpointSlice contributes, ready to be merged with the Service's
+/// other slices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoints {
+    /// The Service the slice belongs to (its `kubernetes.io/service-name` label).
+    pub service: ObjectKey,
+    /// The slice's `addressType`; endpoints of the other family are dropped.
+    pub family: IpFamily,
+    pub ports: Vec<SlicePort>,
+    /// One entry per usable endpoint. `port` is 0: an endpoint serves every port of its
+    /// slice, so the port is filled in per [`SlicePort`] when the slice is merged.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One `ports[]` entry of an EndpointSlice: the Service port it serves and the target port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    /// The Service port's name (empty for an unnamed port).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// The endpoints of an EndpointSlice as seen from node `node_name`, or `None` when the
+/// proxy does not use the slice (FQDN address type, labelled for another proxy or as
+/// headless, no Service name).
+pub fn endpoint_slice(slice: &EndpointSlice, node_name: &str) -> Converted<Option<SliceEndpoints>> {
+    let key = match object_key("EndpointSlice", &slice.metadata) {
+        Ok(key) => key,
+        Err(e) => {
+            return Converted {
+                value: None,
+                problems: vec![e],
+            }
+        }
+    };
+    let mut problems = Problems::new("EndpointSlice", &key);
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        other => {
+            tracing::debug!(slice = %key, address_type = other, "ignoring EndpointSlice address type");
+            return problems.finish(None);
+        }
+    };
+    if has_label(&slice.metadata, LABEL_SERVICE_PROXY_NAME)
+        || has_label(&slice.metadata, LABEL_HEADLESS)
+    {
+        return problems.finish(None);
+    }
+    let service_name = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_SERVICE_NAME));
+    let Some(service_name) = service_name.filter(|n| !n.is_empty()) else {
+        problems.push(format!("metadata.labels[{LABEL_SERVICE_NAME}]"), "missing");
+        return problems.finish(None);
+    };
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| read_slice_port(i, p, &mut problems))
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(i, ep)| read_endpoint(i, ep, family, node_name, &mut problems))
+        .collect();
+    let service = ObjectKey::new(key.namespace.clone(), service_name.clone());
+    problems.finish(Some(SliceEndpoints {
+        service,
+        family,
+        ports,
+        endpoints,
+    }))
+}
+
+fn read_slice_port(
+    i: usize,
+    p: &discovery::EndpointPort,
+    problems: &mut Problems,
+) -> Option<SlicePort> {
+    // Upstream ignores ports without a name (the controller always sets one, "" when the
+    // Service port is unnamed) and ports without a number ("all ports" is unimplemented).
+    let Some(name) = p.name.clone() else {
+        problems.push(format!("ports[{i}].name"), "missing, port ignored");
+        return None;
+    };
+    let protocol_str = p.protocol.as_deref().unwrap_or("TCP");
+    let Some(protocol) = Protocol::from_k8s(protocol_str) else {
+        problems.push(
+            format!("ports[{i}].protocol"),
+            format!("unsupported {protocol_str:?}"),
+        );
+        return None;
+    };
+    match p.port.map(u16::try_from) {
+        Some(Ok(port)) if port != 0 => Some(SlicePort {
+            name,
+            protocol,
+            port,
+        }),
+        _ => {
+            let shown = p.port.map_or_else(
+                || "missing".to_string(),
+                |n| format!("{n} is out of range 1-65535"),
+            );
+            problems.push(format!("ports[{i}].port"), shown);
+            None
+        }
+    }
+}
+
+fn read_endpoint(
+    i: usize,
+    ep: &discovery::Endpoint,
+    family: IpFamily,
+    node_name: &str,
+    problems: &mut Problems,
+) -> Option<Endpoint> {
+    // Like upstream, only the first address counts: the others are the same endpoint.
+    let raw = ep.addresses.first()?;
+    let Some(ip) = parse_ip_sloppy(raw) else {
+        problems.push(
+            format!("endpoints[{i}].addresses[0]"),
+            format!("invalid IP {raw:?}"),
+        );
+        return None;
+    };
+    if IpFamily::of(&ip) != family {
+        problems.push(
+            format!("endpoints[{i}].addresses[0]"),
+            format!("{ip} is not {family}"),
+        );
+        return None;
+    }
+    let conditions = ep.conditions.as_ref();
+    let hints = ep.hints.as_ref();
+    Some(Endpoint {
+        ip,
+        port: 0,
+        // Unset conditions mean the endpoint is usable and not going away.
+        ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        is_local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
+        zone_hints: hints
+            .and_then(|h| h.for_zones.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|z| z.name.clone())
+            .collect(),
+        node_hints: hints
+            .and_then(|h| h.for_nodes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|n| n.name.clone())
+            .collect(),
+    })
+}
+
+/// The slice's `endpoints.kubernetes.io/last-change-trigger-time`, if set and valid.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let raw = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME)?;
+    match raw.parse::<k8s_openapi::jiff::Timestamp>() {
+        // Before 1970 cannot be a trigger time; such a value is as useless as a typo.
+        Ok(t) => {
+            let secs = u64::try_from(t.as_second()).ok()?;
+            let nanos = u32::try_from(t.subsec_nanosecond()).ok()?;
+            SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+        }
+        Err(e) => {
+            tracing::debug!(annotation = %raw, error = %e, "ignoring unparsable trigger time");
+            None
+        }
+    }
+}
+
+/// What the proxy reads from its own Node object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// The primary node IP first, then the first IP of the other family, as upstream's
+    /// `GetNodeHostIPs`: InternalIPs rank before ExternalIPs.
+    pub ips: Vec<IpAddr>,
+    /// `spec.podCIDRs`, else `spec.podCIDR`.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// The facts the proxy needs from a Node.
+pub fn node_facts(node: &Node) -> Converted<NodeFacts> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "<unnamed>".into());
+    let mut problems = Problems::new("Node", name);
+    let zone = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
+        .cloned();
+    let ips = node_ips(node, &mut problems);
+    let spec = node.spec.as_ref();
+    let (field, raw): (&str, Vec<&String>) = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(cidrs) if !cidrs.is_empty() => ("spec.podCIDRs", cidrs.iter().collect()),
+        _ => (
+            "spec.podCIDR",
+            spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+        ),
+    };
+    let pod_cidrs = parse_cidrs(raw, field, &mut problems);
+    problems.finish(NodeFacts {
+        zone,
+        ips,
+        pod_cidrs,
+    })
+}
+
+fn node_ips(node: &Node, problems: &mut Problems) -> Vec<IpAddr> {
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    let mut ranked = Vec::new();
+    for wanted in ["InternalIP", "ExternalIP"] {
+        for (i, addr) in addresses
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, a)| a.type_ == wanted)
+        {
+            match parse_ip_sloppy(&addr.address) {
+                Some(ip) => ranked.push(ip),
+                None => problems.push(
+                    format!("status.addresses[{i}].address"),
+                    format!("invalid IP {:?}", addr.address),
+                ),
+            }
+        }
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in ranked {
+        if out
+            .iter()
+            .all(|have| IpFamily::of(have) != IpFamily::of(&ip))
+        {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The ranges of a ServiceCIDR object.
+pub fn service_cidrs(obj: &ServiceCIDR) -> Converted<Vec<IpNet>> {
+    let name = obj
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "<unnamed>".into());
+    let mut problems = Problems::new("ServiceCIDR", name);
+    let raw = obj
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
+    let cidrs = parse_cidrs(raw, "spec.cidrs", &mut problems);
+    problems.finish(cidrs)
+}
+
+fn parse_cidrs(raw: Vec<&String>, field: &str, problems: &mut Problems) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, s) in raw.into_iter().enumerate() {
+        match parse_cidr_sloppy(s) {
+            Some(net) => out.push(net),
+            None => problems.push(format!("{field}[{i}]"), format!("invalid CIDR {s:?}")),
+        }
+    }
+    out
+}
+
+/// Parses an IP address as Go's `ParseIPSloppy` does: IPv4 octets may carry leading zeros
+/// (read as decimal, not octal), and an IPv4-mapped IPv6 address is an IPv4 address.
+pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+    let ip = if !s.contains(':') {
+        IpAddr::V4(parse_ipv4_sloppy(s)?)
+    } else if let Ok(ip) = s.parse::<IpAddr>() {
+        ip
+    } else {
+        // An IPv6 address ending in a dotted quad with leading zeros.
+        let (head, tail) = s.rsplit_once(':')?;
+        format!("{head}:{}", parse_ipv4_sloppy(tail)?)
+            .parse()
+            .ok()?
+    };
+    Some(match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    })
+}
+
+fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for octet in &mut octets {
+        *octet = parse_decimal(parts.next()?, 255)?.try_into().ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// A non-empty run of ASCII digits, any number of leading zeros, at most `max`.
+fn parse_decimal(s: &str, max: u16) -> Option<u16> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = s.trim_start_matches('0');
+    if digits.len() > 3 {
+        return None;
+    }
+    let n = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    (n <= max).then_some(n)
+}
+
+/// Parses a CIDR as Go's `ParseCIDRSloppy` does (leading zeros tolerated, see
+/// [`parse_ip_sloppy`]) and masks off host bits: `203.0.113.000/025` is `203.0.113.0/25`.
+pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
+    let (addr, prefix) = s.split_once('/')?;
+    let ip = parse_ip_sloppy(addr)?;
+    let mut prefix = parse_decimal(prefix, 128)?;
+    if ip.is_ipv4() && addr.contains(':') {
+        // An IPv4-mapped IPv6 prefix: only the bits past ::ffff:0:0/96 say anything.
+        prefix = prefix.checked_sub(96)?;
+    }
+    Some(IpNet::new(ip, prefix.try_into().ok()?).ok()?.trunc())
+}
