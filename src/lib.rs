@@ -2,5 +2,7 @@
 //!
 //! Sources (API server, manifests) → normalized model ([`kube_proxy_model`]) → backends.
 
+pub mod builder;
+pub mod convert;
 pub mod sources;
 pub mod runner;

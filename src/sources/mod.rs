@@ -3,6 +3,7 @@
 //! them into the node-local model.
 
 pub mod apiserver;
+pub mod manifest;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
