@@ -14,7 +14,11 @@ pub enum BackendError {
     #[error("{mode}: unavailable: {message}")]
     Unavailable { mode: &'static str, message: String },
     #[error("{mode}: {source}")]
-    Io { mode: &'static str, #[source] source: std::io::Error },
+    Io {
+        mode: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What one sync did, for metrics and logs.

@@ -29,7 +29,10 @@ impl Changes {
 
     /// Changes that force a full sync.
     pub fn full() -> Self {
-        Changes { full: true, ..Changes::default() }
+        Changes {
+            full: true,
+            ..Changes::default()
+        }
     }
 }
 
@@ -47,7 +50,13 @@ pub struct ChangeTracker {
 impl ChangeTracker {
     /// A tracker over an empty model on the given node.
     pub fn new(node: NodeInfo) -> Self {
-        ChangeTracker { state: ProxyState { node, ..ProxyState::default() }, ..Default::default() }
+        ChangeTracker {
+            state: ProxyState {
+                node,
+                ..ProxyState::default()
+            },
+            ..Default::default()
+        }
     }
 
     /// The current model, including changes not yet taken.
@@ -150,7 +159,11 @@ impl ChangeTracker {
         (self.state.clone(), changes)
     }
 
-    fn differs(&self, (family, name): &(IpFamily, ServicePortName), was: &Option<Arc<ServiceEntry>>) -> bool {
+    fn differs(
+        &self,
+        (family, name): &(IpFamily, ServicePortName),
+        was: &Option<Arc<ServiceEntry>>,
+    ) -> bool {
         self.state.services(*family).get(name).map(|e| &**e) != was.as_deref()
     }
 }

@@ -25,12 +25,19 @@ impl ServiceEntry {
         endpoints.sort();
         endpoints.dedup_by_key(|ep| ep.addr());
         let categorized = categorize_endpoints(&endpoints, &port, &node.name, node.zone.as_deref());
-        ServiceEntry { port, endpoints, categorized }
+        ServiceEntry {
+            port,
+            endpoints,
+            categorized,
+        }
     }
 
     /// Number of endpoints on this node that are ready (what health-check node ports report).
     pub fn local_ready_endpoints(&self) -> usize {
-        self.endpoints.iter().filter(|ep| ep.is_local && ep.ready).count()
+        self.endpoints
+            .iter()
+            .filter(|ep| ep.is_local && ep.ready)
+            .count()
     }
 }
 
@@ -57,7 +64,10 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// The primary node IP of `family`, if known.
     pub fn ip(&self, family: IpFamily) -> Option<IpAddr> {
-        self.ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 }
 
