@@ -1,0 +1,301 @@
+//! [`NftablesBackend`]: the [`Backend`] of nftables mode.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kube_proxy_model::{Backend, BackendError, Changes, ProxyOptions, ProxyState, SyncReport};
+
+use crate::addresses::{node_port_ips, AddressSource, NodePortIps, SystemAddresses};
+use crate::exec::{ExecError, NftCommand, NftExecutor};
+use crate::ir::{Chain, Family, Object};
+use crate::plan::{plan_table, Planned};
+use crate::rules::{model_family, skeleton, Context};
+use crate::sync::ServiceIndex;
+use crate::table::{Ruleset, TableState};
+use crate::transaction::Transaction;
+
+const MODE: &str = "nftables";
+
+/// How long a flushed service chain is kept before it is deleted (upstream's delay).
+const STALE_CHAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// kube-proxy's nftables mode: programs `table ip kube-proxy` and `table ip6 kube-proxy`.
+pub struct NftablesBackend {
+    options: ProxyOptions,
+    exec: Box<dyn NftExecutor>,
+    addresses: Box<dyn AddressSource>,
+    /// What the kernel holds, as far as this backend knows; `None` until read back.
+    kernel: Option<Ruleset>,
+    index: BTreeMap<Family, ServiceIndex>,
+    /// Flushed service chains and when they became stale.
+    stale: BTreeMap<(Family, String), Instant>,
+    stale_grace: Duration,
+    /// The last sync failed (or none happened yet): the next one rebuilds everything.
+    needs_full: bool,
+}
+
+impl NftablesBackend {
+    /// A backend that runs the `nft` binary. Fails when nft cannot list our table (not
+    /// installed, no permission, no nf_tables in the kernel).
+    pub fn new(options: ProxyOptions) -> Result<Self, BackendError> {
+        let mut nft = NftCommand::new();
+        nft.probe().map_err(|e| BackendError::Unavailable {
+            mode: MODE,
+            message: e.to_string(),
+        })?;
+        Ok(Self::with_executor(options, nft))
+    }
+
+    /// A backend over any executor (the fake in tests).
+    pub fn with_executor(options: ProxyOptions, exec: impl NftExecutor + 'static) -> Self {
+        NftablesBackend {
+            options,
+            exec: Box::new(exec),
+            addresses: Box::new(SystemAddresses),
+            kernel: None,
+            index: BTreeMap::new(),
+            stale: BTreeMap::new(),
+            stale_grace: STALE_CHAIN_GRACE,
+            needs_full: true,
+        }
+    }
+
+    /// Takes the node's interface addresses (for `nodePortAddresses`) from `source`.
+    pub fn with_address_source(mut self, source: impl AddressSource + 'static) -> Self {
+        self.addresses = Box::new(source);
+        self
+    }
+
+    /// Sets how long flushed service chains wait before deletion (default 1 s).
+    pub fn with_stale_chain_grace(mut self, grace: Duration) -> Self {
+        self.stale_grace = grace;
+        self
+    }
+
+    fn context(&self, state: &ProxyState, family: Family) -> Context {
+        Context::new(&self.options, family, state.node.ip(model_family(family)))
+    }
+
+    /// The skeleton of `family`'s table for `state`.
+    fn skeleton(&self, ctx: &Context, state: &ProxyState) -> TableState {
+        let family = model_family(ctx.family);
+        let node_ports = node_port_ips(
+            &self.options.node_port_addresses,
+            family,
+            ctx.node_ip,
+            &*self.addresses,
+        )
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "listing local addresses for nodePortAddresses failed");
+            NodePortIps::Only(Vec::new())
+        });
+        skeleton(ctx, &node_ports, &state.node.service_cidrs)
+    }
+
+    /// Reads both tables back and reconciles everything.
+    fn plan_full(
+        &mut self,
+        state: &ProxyState,
+    ) -> Result<(Ruleset, Vec<(Family, Planned)>), BackendError> {
+        let mut kernel = Ruleset::default();
+        for family in Family::ALL {
+            if let Some(t) = self.exec.read_table(family).map_err(read_error)? {
+                kernel.tables.insert(family, t);
+            }
+        }
+        let mut plans = Vec::new();
+        for family in Family::ALL {
+            let ctx = self.context(state, family);
+            let mut desired = self.skeleton(&ctx, state);
+            let index =
+                ServiceIndex::rebuild(&ctx, state.services(model_family(family)), &mut desired);
+            self.index.insert(family, index);
+            plans.push((
+                family,
+                plan_table(family, kernel.tables.get(&family), &desired),
+            ));
+        }
+        Ok((kernel, plans))
+    }
+
+    /// Plans only the changed service ports; `None` when that is not possible.
+    fn plan_partial(
+        &mut self,
+        state: &ProxyState,
+        changes: &Changes,
+    ) -> Option<Vec<(Family, Planned)>> {
+        let kernel = self.kernel.as_ref()?;
+        let mut plans = Vec::new();
+        for family in Family::ALL {
+            let ctx = Context::new(&self.options, family, state.node.ip(model_family(family)));
+            let table = kernel.tables.get(&family)?;
+            let index = self.index.get_mut(&family)?;
+            let services = state.services(model_family(family));
+            match index.plan_changes(&ctx, services, &changes.services, table) {
+                Ok(planner) => plans.push((family, planner.into_planned())),
+                Err(why) => {
+                    tracing::warn!(%family, reason = %why.0, "partial sync impossible, doing a full one");
+                    return None;
+                }
+            }
+        }
+        Some(plans)
+    }
+
+    /// Deletes service chains flushed at least the grace period ago, in a transaction of
+    /// their own so that a kernel still busy with one cannot fail the sync. Returns
+    /// whether anything was sent.
+    fn delete_stale_chains(&mut self) -> bool {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return false;
+        };
+        let now = Instant::now();
+        let due: Vec<(Family, String)> = self
+            .stale
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= self.stale_grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut tx = Transaction::new();
+        for key in &due {
+            self.stale.remove(key);
+            let (family, name) = key;
+            if kernel
+                .tables
+                .get(family)
+                .is_some_and(|t| t.chains.contains_key(name))
+            {
+                tx.delete(*family, Object::Chain(Chain::named(name.clone())));
+            }
+        }
+        if tx.is_empty() {
+            return false;
+        }
+        tracing::info!(chains = tx.len(), "deleting stale nftables chains");
+        match self.exec.apply(&tx) {
+            Ok(()) => {
+                if kernel.apply_accepted(&tx).is_err() {
+                    self.kernel = None;
+                }
+                true
+            }
+            Err(e) => {
+                // They stay in the table and are found again by the next full sync.
+                tracing::warn!(error = %e, "deleting stale chains failed; will retry later");
+                false
+            }
+        }
+    }
+
+    fn record_stale(&mut self, plans: &[(Family, Planned)], full: bool) {
+        let now = Instant::now();
+        let mut next = if full {
+            BTreeMap::new()
+        } else {
+            std::mem::take(&mut self.stale)
+        };
+        for (family, planned) in plans {
+            for name in &planned.wanted {
+                next.remove(&(*family, name.clone()));
+            }
+            for name in &planned.new_stale {
+                let key = (*family, name.clone());
+                let since = self.stale.get(&key).copied().unwrap_or(now);
+                next.insert(key, since);
+            }
+        }
+        self.stale = next;
+    }
+}
+
+fn read_error(e: ExecError) -> BackendError {
+    BackendError::Apply {
+        mode: MODE,
+        message: format!("reading back the kube-proxy tables: {e}"),
+    }
+}
+
+fn apply_error(e: ExecError) -> BackendError {
+    match e {
+        ExecError::Io { source, .. } => BackendError::Io { mode: MODE, source },
+        other => BackendError::Apply {
+            mode: MODE,
+            message: other.to_string(),
+        },
+    }
+}
+
+impl Backend for NftablesBackend {
+    fn mode(&self) -> &'static str {
+        MODE
+    }
+
+    fn sync(&mut self, state: &ProxyState, changes: &Changes) -> Result<SyncReport, BackendError> {
+        let mut report = SyncReport {
+            full: changes.full || self.needs_full || self.kernel.is_none(),
+            applied: false,
+        };
+        report.applied = self.delete_stale_chains();
+        if !report.full && changes.services.is_empty() {
+            return Ok(report);
+        }
+        self.needs_full = true;
+        let partial = if report.full {
+            None
+        } else {
+            self.plan_partial(state, changes)
+        };
+        let plans = match partial {
+            Some(plans) => plans,
+            None => {
+                report.full = true;
+                let (kernel, plans) = self.plan_full(state)?;
+                self.kernel = Some(kernel);
+                plans
+            }
+        };
+        let mut tx = Transaction::new();
+        for (_, planned) in &plans {
+            tx.extend(planned.tx.clone());
+        }
+        if !tx.is_empty() {
+            if let Err(e) = self.exec.apply(&tx) {
+                self.kernel = None;
+                return Err(apply_error(e));
+            }
+            report.applied = true;
+            let kernel = self.kernel.as_mut().expect("planning needs a known kernel");
+            if let Err(e) = kernel.apply_accepted(&tx) {
+                tracing::warn!(error = %e, "table model out of step; reading back next sync");
+                self.kernel = None;
+            }
+        }
+        self.record_stale(&plans, report.full);
+        self.needs_full = self.kernel.is_none();
+        tracing::debug!(full = report.full, ops = tx.len(), "nftables sync done");
+        Ok(report)
+    }
+
+    fn render(&self, state: &ProxyState) -> Result<String, BackendError> {
+        let mut tx = Transaction::new();
+        for family in Family::ALL {
+            let ctx = self.context(state, family);
+            let mut desired = self.skeleton(&ctx, state);
+            ServiceIndex::rebuild(&ctx, state.services(model_family(family)), &mut desired);
+            tx.extend(plan_table(family, None, &desired).tx);
+        }
+        Ok(tx.render())
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        let mut tx = Transaction::new();
+        for family in Family::ALL {
+            tx.destroy(family, Object::Table { comment: None });
+        }
+        self.kernel = None;
+        self.index.clear();
+        self.stale.clear();
+        self.needs_full = true;
+        self.exec.apply(&tx).map_err(apply_error)
+    }
+}

@@ -1,0 +1,122 @@
+//! How transactions reach the kernel: the [`NftExecutor`] trait and its implementation
+//! over the `nft` binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::ir::Family;
+use crate::parse::{parse_table, ParseError};
+use crate::table::TableState;
+use crate::transaction::{Transaction, TABLE};
+
+/// An executor failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The kernel (or nft) refused the transaction; nothing was applied.
+    #[error("nft refused the transaction: {0}")]
+    Refused(String),
+    /// The executor could not run at all.
+    #[error("running {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A read-back could not be understood.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
+
+/// Applies transactions and reads back kube-proxy's own tables. Implementations must never
+/// list or touch any other table.
+pub trait NftExecutor: Send {
+    /// Applies `tx` atomically: all of it or, on error, nothing.
+    fn apply(&mut self, tx: &Transaction) -> Result<(), ExecError>;
+
+    /// The current content of `table <family> kube-proxy`, or `None` when it does not exist.
+    fn read_table(&mut self, family: Family) -> Result<Option<TableState>, ExecError>;
+}
+
+/// The real executor: runs `nft -f -` with the script on stdin, and `nft list table`.
+#[derive(Debug, Clone)]
+pub struct NftCommand {
+    binary: PathBuf,
+}
+
+impl Default for NftCommand {
+    fn default() -> Self {
+        NftCommand {
+            binary: PathBuf::from("nft"),
+        }
+    }
+}
+
+impl NftCommand {
+    /// Uses the `nft` found on `PATH`.
+    pub fn new() -> Self {
+        NftCommand::default()
+    }
+
+    /// Uses a specific `nft` binary.
+    pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
+        NftCommand {
+            binary: binary.into(),
+        }
+    }
+
+    /// Checks that nft runs and can talk to the kernel, by listing our IPv4 table.
+    pub fn probe(&mut self) -> Result<(), ExecError> {
+        self.read_table(Family::Ip).map(|_| ())
+    }
+
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, ExecError> {
+        let what = format!("{} {}", self.binary.display(), args.join(" "));
+        let io = |source| ExecError::Io {
+            what: what.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.binary)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A failed write means nft exited early; its stderr tells why.
+            let _ = pipe.write_all(input.as_bytes());
+        }
+        child.wait_with_output().map_err(io)
+    }
+}
+
+impl NftExecutor for NftCommand {
+    fn apply(&mut self, tx: &Transaction) -> Result<(), ExecError> {
+        let out = self.run(&["-f", "-"], Some(&tx.render()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ExecError::Refused(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    }
+
+    fn read_table(&mut self, family: Family) -> Result<Option<TableState>, ExecError> {
+        let out = self.run(&["list", "table", family.as_str(), TABLE], None)?;
+        if out.status.success() {
+            return Ok(Some(parse_table(&String::from_utf8_lossy(&out.stdout))?));
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No such file or directory") {
+            Ok(None)
+        } else {
+            Err(ExecError::Refused(stderr.trim().to_string()))
+        }
+    }
+}

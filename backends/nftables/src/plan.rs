@@ -1,0 +1,294 @@
+//! Turns "what the table holds" and "what it should hold" into the smallest transaction
+//! that gets from one to the other.
+//!
+//! Operations are grouped in phases so that every reference is valid when the kernel
+//! checks it: new chains and sets first, then chain rewrites, then element changes, and
+//! deletions of objects nothing refers to any more last.
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::ir::{Chain, Element, Family, Object, Rule, Set};
+use crate::names::{is_service_chain, CLUSTER_IPS, NODEPORT_IPS};
+use crate::rules::table_comment;
+use crate::table::{ChainState, ElementValue, TableState};
+use crate::transaction::Transaction;
+
+/// The table holds something that cannot be changed in place (a base chain hooked
+/// elsewhere, a map of another type); only rebuilding the table fixes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Incompatible(pub String);
+
+/// Accumulates the operations of one family.
+pub(crate) struct Planner<'a> {
+    family: Family,
+    kernel: &'a TableState,
+    creates: Transaction,
+    flushes: Transaction,
+    recreates: Transaction,
+    rules: Transaction,
+    element_deletes: Transaction,
+    element_adds: Transaction,
+    deletes: Transaction,
+    /// Dynamic sets being recreated: chains using them must be rewritten too.
+    recreated_sets: HashSet<String>,
+    deleted_sets: HashSet<String>,
+    new_stale: Vec<String>,
+    wanted: Vec<String>,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner against `kernel`, the current content of the family's table.
+    pub fn new(family: Family, kernel: &'a TableState) -> Self {
+        Planner {
+            family,
+            kernel,
+            creates: Transaction::new(),
+            flushes: Transaction::new(),
+            recreates: Transaction::new(),
+            rules: Transaction::new(),
+            element_deletes: Transaction::new(),
+            element_adds: Transaction::new(),
+            deletes: Transaction::new(),
+            recreated_sets: HashSet::new(),
+            deleted_sets: HashSet::new(),
+            new_stale: Vec::new(),
+            wanted: Vec::new(),
+        }
+    }
+
+    /// Brings chain `name` to `desired` (`None`: it should not exist). Plan the sets a
+    /// chain uses before the chain.
+    pub fn chain(&mut self, name: &str, desired: Option<&ChainState>) -> Result<(), Incompatible> {
+        let f = self.family;
+        match (desired, self.kernel.chains.get(name)) {
+            (Some(d), None) => {
+                let chain = Chain {
+                    name: name.to_string(),
+                    base: d.base,
+                    comment: d.comment.clone(),
+                };
+                self.creates.add(f, Object::Chain(chain));
+                self.add_rules(name, d);
+                self.wanted.push(name.to_string());
+            }
+            (Some(d), Some(k)) => {
+                if d.base != k.base {
+                    return Err(Incompatible(format!(
+                        "chain {name} has other hook properties"
+                    )));
+                }
+                if d.rules != k.rules || self.uses_recreated_set(k) {
+                    self.flushes.flush(f, Object::Chain(Chain::named(name)));
+                    self.add_rules(name, d);
+                }
+                self.wanted.push(name.to_string());
+            }
+            (None, Some(k)) => {
+                if !k.rules.is_empty() {
+                    self.flushes.flush(f, Object::Chain(Chain::named(name)));
+                }
+                // Kernels before 6.2 notice only a little later that a map element no
+                // longer jumps to a chain, so service chains are deleted by a later sync.
+                if is_service_chain(name) {
+                    self.new_stale.push(name.to_string());
+                } else {
+                    self.deletes.delete(f, Object::Chain(Chain::named(name)));
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    fn add_rules(&mut self, chain: &str, desired: &ChainState) {
+        for rule in &desired.rules {
+            let rule = Rule {
+                chain: chain.to_string(),
+                rule: rule.clone(),
+                comment: None,
+            };
+            self.rules.add(self.family, Object::Rule(rule));
+        }
+    }
+
+    fn uses_recreated_set(&self, chain: &ChainState) -> bool {
+        !self.recreated_sets.is_empty()
+            && chain.rules.iter().any(|r| {
+                r.split_whitespace().any(|w| {
+                    w.strip_prefix('@')
+                        .is_some_and(|s| self.recreated_sets.contains(s))
+                })
+            })
+    }
+
+    /// Brings set or map `name` to `desired` (`None`: it should not exist). Elements are
+    /// planned separately.
+    pub fn set(&mut self, name: &str, desired: Option<&Set>) -> Result<(), Incompatible> {
+        let f = self.family;
+        match (desired, self.kernel.sets.get(name)) {
+            (Some(d), None) => self.creates.add(f, Object::Set(d.clone())),
+            (Some(d), Some(k)) if !d.same_shape(&k.def) => {
+                if !d.is_dynamic() {
+                    return Err(Incompatible(format!(
+                        "{} {name} has another type",
+                        d.keyword()
+                    )));
+                }
+                // An affinity timeout changed: the set is recreated (losing affinities, as
+                // upstream's would) after the chains using it were flushed.
+                self.recreates
+                    .delete(f, Object::Set(Set::named(name, false)));
+                self.recreates.add(f, Object::Set(d.clone()));
+                self.recreated_sets.insert(name.to_string());
+            }
+            (Some(_), Some(_)) | (None, None) => {}
+            (None, Some(k)) => {
+                self.deletes
+                    .delete(f, Object::Set(Set::named(name, k.def.value_type.is_some())));
+                self.deleted_sets.insert(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings one element of `container` to `desired` (`None`: absent).
+    pub fn element(&mut self, container: &str, key: &str, desired: Option<&ElementValue>) {
+        if self.deleted_sets.contains(container) {
+            return;
+        }
+        let current = self
+            .kernel
+            .sets
+            .get(container)
+            .and_then(|s| s.elements.get(key));
+        if desired == current {
+            return;
+        }
+        let elem = |v: Option<&ElementValue>| Element {
+            container: container.to_string(),
+            is_map: is_map(container),
+            key: key.split(" . ").map(str::to_string).collect(),
+            value: v.and_then(|v| v.value.clone()),
+            comment: v.and_then(|v| v.comment.clone()),
+        };
+        if current.is_some() {
+            self.element_deletes
+                .delete(self.family, Object::Element(elem(None)));
+        }
+        if let Some(d) = desired {
+            self.element_adds
+                .add(self.family, Object::Element(elem(Some(d))));
+        }
+    }
+
+    /// The result: operations, and which service chains became stale or are wanted.
+    pub fn into_planned(mut self) -> Planned {
+        let new_stale = std::mem::take(&mut self.new_stale);
+        let wanted = std::mem::take(&mut self.wanted);
+        Planned {
+            tx: self.finish(),
+            new_stale,
+            wanted,
+        }
+    }
+
+    /// The operations, in an order the kernel accepts.
+    fn finish(self) -> Transaction {
+        let mut tx = self.creates;
+        for phase in [
+            self.flushes,
+            self.recreates,
+            self.rules,
+            self.element_deletes,
+            self.element_adds,
+            self.deletes,
+        ] {
+            tx.extend(phase);
+        }
+        tx
+    }
+}
+
+/// Whether a shared container is a map (all but the two address sets).
+pub(crate) fn is_map(container: &str) -> bool {
+    container != CLUSTER_IPS && container != NODEPORT_IPS
+}
+
+/// What a reconciliation produced.
+#[derive(Debug, Default)]
+pub(crate) struct Planned {
+    pub tx: Transaction,
+    /// Service chains flushed now, to be deleted by a later sync.
+    pub new_stale: Vec<String>,
+    /// Chains that are wanted (again), so not stale.
+    pub wanted: Vec<String>,
+}
+
+/// Reconciles the whole table: `kernel` is `None` when the table does not exist. A table
+/// that cannot be changed in place is deleted and rebuilt in the same transaction.
+pub(crate) fn plan_table(
+    family: Family,
+    kernel: Option<&TableState>,
+    desired: &TableState,
+) -> Planned {
+    let empty = TableState::default();
+    let mut tx = Transaction::new();
+    let planned = match kernel {
+        Some(k) => match diff_table(family, k, desired) {
+            Ok(p) => p,
+            Err(Incompatible(why)) => {
+                tracing::warn!(%family, reason = %why, "rebuilding the kube-proxy table");
+                tx.destroy(family, Object::Table { comment: None });
+                diff_table(family, &empty, desired)
+                    .expect("an empty table is compatible with anything")
+            }
+        },
+        None => {
+            diff_table(family, &empty, desired).expect("an empty table is compatible with anything")
+        }
+    };
+    if kernel.is_none() || !tx.is_empty() {
+        tx.add(
+            family,
+            Object::Table {
+                comment: table_comment(),
+            },
+        );
+    }
+    tx.extend(planned.tx);
+    Planned { tx, ..planned }
+}
+
+fn diff_table(
+    family: Family,
+    kernel: &TableState,
+    desired: &TableState,
+) -> Result<Planned, Incompatible> {
+    let mut p = Planner::new(family, kernel);
+    for name in union(desired.sets.keys(), kernel.sets.keys()) {
+        p.set(name, desired.sets.get(name).map(|s| &s.def))?;
+    }
+    for name in union(desired.chains.keys(), kernel.chains.keys()) {
+        p.chain(name, desired.chains.get(name))?;
+    }
+    for (name, set) in &desired.sets {
+        if set.def.is_dynamic() {
+            continue;
+        }
+        let current = kernel.sets.get(name).map(|s| &s.elements);
+        for key in union(
+            set.elements.keys(),
+            current.into_iter().flat_map(|e| e.keys()),
+        ) {
+            p.element(name, key, set.elements.get(key));
+        }
+    }
+    Ok(p.into_planned())
+}
+
+fn union<'a>(
+    a: impl Iterator<Item = &'a String>,
+    b: impl Iterator<Item = &'a String>,
+) -> BTreeSet<&'a String> {
+    a.chain(b).collect()
+}
