@@ -1,0 +1,844 @@
+//! The command line: upstream kube-proxy's flags with pflag's semantics, plus our
+//! `render` and `apply` subcommands, resolved into one effective configuration.
+//!
+//! Operators' scripts and DaemonSets pass flags the way Go's pflag accepts them, so we
+//! accept the same forms: `--flag=value` and `--flag value`; booleans as `--flag`,
+//! `--flag=true` or `--flag=false` (never consuming the next argument); a repeated
+//! flag's last value wins, while list flags (`--nodeport-addresses`) accumulate;
+//! comma-separated lists; Go durations; Go integer syntax (`0x1f`).
+//!
+//! As upstream, when `--config` is given every flag that maps onto the configuration
+//! is ignored, except `--hostname-override` and the logging flags; the ignored ones are
+//! reported in [`Invocation::warnings`] so the caller can log them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::{
+    append_port_if_needed, ConfigError, Duration, KubeProxyConfiguration, ProxyMode, VModuleItem,
+    HEALTHZ_PORT, METRICS_PORT,
+};
+
+/// What the process was asked to do, with the configuration to do it with.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The action.
+    pub command: Command,
+    /// The effective configuration: from `--config` or from flags, defaulted and
+    /// validated, with `--hostname-override` and logging flags applied.
+    pub config: KubeProxyConfiguration,
+    /// `--config`, if given.
+    pub config_file: Option<PathBuf>,
+    /// `--master`: overrides the API server URL of the kubeconfig.
+    pub master: Option<String>,
+    /// The kubeconfig to use (`clientConnection.kubeconfig`); `None` means in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Log verbosity (`--v` / `logging.verbosity`).
+    pub verbosity: u32,
+    /// Log format (`--logging-format` / `logging.format`).
+    pub log_format: LogFormat,
+    /// Things worth logging once logging is up (flags ignored because of `--config`).
+    pub warnings: Vec<String>,
+}
+
+/// The action of an [`Invocation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the proxy (no subcommand).
+    Daemon,
+    /// `render -f PATH...`: print the rules for the manifests, touch nothing.
+    Render { files: Vec<PathBuf> },
+    /// `apply -f PATH...`: program the rules for the manifests once.
+    Apply { files: Vec<PathBuf> },
+    /// `--cleanup`: remove kube-proxy's rules and exit.
+    Cleanup,
+    /// `--init-only`: do the privileged setup and exit.
+    InitOnly,
+    /// `--write-config-to PATH`: write the effective configuration and exit.
+    WriteConfig { path: PathBuf },
+    /// `--version` (`raw` for `--version=raw`): print the version and exit.
+    Version { raw: bool },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// klog-style text.
+    Text,
+    /// Structured JSON lines.
+    Json,
+}
+
+/// Why the command line was not accepted. Help and version requests made through clap
+/// also arrive here; [`CliError::exit`] prints each to the right stream.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Unknown flag, bad flag value, `--help`, ...
+    #[error("{0}")]
+    Usage(#[from] clap::Error),
+    /// The configuration (file or flags) was rejected.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+impl CliError {
+    /// Whether this is a help request rather than an error.
+    pub fn is_help(&self) -> bool {
+        matches!(self, CliError::Usage(e) if !e.use_stderr())
+    }
+
+    /// The process exit code: 0 for help, 1 for everything else (as upstream).
+    pub fn exit_code(&self) -> i32 {
+        if self.is_help() {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Prints the message (help to stdout, errors to stderr) and exits.
+    pub fn exit(&self) -> ! {
+        match self {
+            CliError::Usage(e) if self.is_help() => {
+                let _ = e.print();
+            }
+            CliError::Usage(e) => {
+                let _ = e.print();
+            }
+            CliError::Config(e) => eprintln!("Error: {e}"),
+        }
+        std::process::exit(self.exit_code())
+    }
+}
+
+/// Parses the command line (including the program name, as `std::env::args_os()`),
+/// loads `--config` if given, and returns the validated result.
+pub fn parse<I, T>(args: I) -> Result<Invocation, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let flags = &cli.flags;
+    if let Some(raw) = flags.version_request() {
+        return Ok(finish(
+            Command::Version { raw },
+            KubeProxyConfiguration::defaulted(),
+            flags,
+            Vec::new(),
+        ));
+    }
+    let (config, warnings) = match &flags.config {
+        Some(path) => (from_file(path, flags)?, ignored_flags(&matches)),
+        None => (from_flags(flags)?, Vec::new()),
+    };
+    Ok(finish(cli.action(), config, flags, warnings))
+}
+
+/// The clap command, for `--help` and for callers that render completions or docs.
+pub fn command() -> clap::Command {
+    Cli::command()
+        .mut_args(|arg| arg.global(true))
+        .mut_subcommands(|sub| sub.mut_args(pflag_style))
+        .mut_args(pflag_style)
+}
+
+/// pflag hands a value-taking flag the next argument even if it starts with `-`
+/// (`--oom-score-adj -999`).
+fn pflag_style(arg: clap::Arg) -> clap::Arg {
+    if arg.get_action().takes_values() && !arg.is_require_equals_set() {
+        arg.allow_hyphen_values(true)
+    } else {
+        arg
+    }
+}
+
+/// The version line printed by `--version`.
+pub fn version_text(raw: bool) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    if raw {
+        format!(
+            "kube-proxy-rs {version}\ncompatible: Kubernetes v1.33-v1.37 kube-proxy\nlicense: Apache-2.0"
+        )
+    } else {
+        format!("kube-proxy-rs v{version} (Kubernetes kube-proxy v1.33-v1.37 compatible)")
+    }
+}
+
+fn finish(
+    command: Command,
+    config: KubeProxyConfiguration,
+    flags: &Flags,
+    warnings: Vec<String>,
+) -> Invocation {
+    let kubeconfig = Some(&config.client_connection.kubeconfig)
+        .filter(|k| !k.is_empty())
+        .map(PathBuf::from);
+    let log_format = match config.logging.format.as_str() {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    Invocation {
+        command,
+        verbosity: config.logging.verbosity,
+        log_format,
+        kubeconfig,
+        master: flags.master.clone().filter(|m| !m.is_empty()),
+        config_file: flags.config.clone(),
+        config,
+        warnings,
+    }
+}
+
+/// `--config` given: the file, defaulted, with only hostname and logging flags applied.
+fn from_file(path: &PathBuf, flags: &Flags) -> Result<KubeProxyConfiguration, CliError> {
+    let mut config = KubeProxyConfiguration::read_file(path)?;
+    config.apply_defaults();
+    flags.apply_logging(&mut config);
+    complete(config, flags)
+}
+
+/// No `--config`: upstream's defaults with every given flag applied on top.
+fn from_flags(flags: &Flags) -> Result<KubeProxyConfiguration, CliError> {
+    let mut config = KubeProxyConfiguration::defaulted();
+    flags.apply(&mut config);
+    flags.apply_logging(&mut config);
+    if flags.write_config_to.is_none() {
+        apply_deprecated_ports(&mut config, flags);
+    }
+    complete(config, flags)
+}
+
+/// Platform defaults, `--hostname-override`, validation: the steps after either source.
+fn complete(
+    mut config: KubeProxyConfiguration,
+    flags: &Flags,
+) -> Result<KubeProxyConfiguration, CliError> {
+    config.apply_platform_defaults();
+    if let Some(name) = flags.hostname_override.as_deref().filter(|n| !n.is_empty()) {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(usage_error(
+                "--hostname-override",
+                "empty hostname-override is invalid",
+            ));
+        }
+        config.hostname_override = name.to_lowercase();
+    }
+    config.validate().map_err(ConfigError::from)?;
+    Ok(config)
+}
+
+/// Upstream's `addressFromDeprecatedFlags`: port 0 disables a server, otherwise the
+/// port is added to a bind address given without one.
+fn apply_deprecated_ports(config: &mut KubeProxyConfiguration, flags: &Flags) {
+    let healthz_port = flags.healthz_port.unwrap_or(i32::from(HEALTHZ_PORT));
+    let metrics_port = flags.metrics_port.unwrap_or(i32::from(METRICS_PORT));
+    for (addr, port) in [
+        (&mut config.healthz_bind_address, healthz_port),
+        (&mut config.metrics_bind_address, metrics_port),
+    ] {
+        *addr = match u16::try_from(port) {
+            Ok(0) => String::new(),
+            Ok(port) => append_port_if_needed(addr, port),
+            // Out of u16 range: keep the address so the port error is not hidden.
+            Err(_) => addr.clone(),
+        };
+    }
+}
+
+fn usage_error(flag: &str, message: &str) -> CliError {
+    CliError::Usage(clap::Error::raw(
+        clap::error::ErrorKind::ValueValidation,
+        format!("invalid value for '{flag}': {message}\n"),
+    ))
+}
+
+/// Flags given on the command line that `--config` makes upstream ignore.
+fn ignored_flags(matches: &ArgMatches) -> Vec<String> {
+    const HONOURED_WITH_CONFIG: &[&str] = &[
+        "config",
+        "hostname_override",
+        "master",
+        "cleanup",
+        "init_only",
+        "write_config_to",
+        "version",
+        "v",
+        "vmodule",
+        "logging_format",
+        "log_flush_frequency",
+        "help",
+    ];
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let mut ignored: Vec<String> = matches
+        .ids()
+        .map(|id| id.as_str())
+        .filter(|id| !HONOURED_WITH_CONFIG.contains(id))
+        .filter(|id| {
+            let from_cli = |m: &ArgMatches| m.value_source(id) == Some(ValueSource::CommandLine);
+            from_cli(matches) || sub.is_some_and(|m| m.try_contains_id(id).is_ok() && from_cli(m))
+        })
+        .map(|id| {
+            format!(
+                "flag --{} is ignored because --config is given",
+                id.replace('_', "-")
+            )
+        })
+        .collect();
+    ignored.sort();
+    ignored
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kube-proxy",
+    about = "kube-proxy-rs: a drop-in replacement for the Kubernetes network proxy",
+    long_about = "The Kubernetes network proxy runs on each node. This reflects services as defined in \
+the Kubernetes API on each node and can do simple TCP, UDP, and SCTP stream forwarding or round robin \
+TCP, UDP, and SCTP forwarding across a set of backends. Service cluster IPs and ports are currently \
+found through Docker-links-compatible environment variables specifying ports opened by the service proxy.",
+    args_override_self = true,
+    disable_version_flag = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+impl Cli {
+    /// The action, in upstream's order: `--write-config-to`, then `--cleanup`, then
+    /// `--init-only`; our subcommands come first since they are explicit.
+    fn action(&self) -> Command {
+        let flags = &self.flags;
+        match &self.command {
+            Some(Sub::Render(m)) => Command::Render {
+                files: m.files.clone(),
+            },
+            Some(Sub::Apply(m)) => Command::Apply {
+                files: m.files.clone(),
+            },
+            None => match &flags.write_config_to {
+                Some(path) if !path.as_os_str().is_empty() => {
+                    Command::WriteConfig { path: path.clone() }
+                }
+                _ if flags.cleanup == Some(true) => Command::Cleanup,
+                _ if flags.init_only == Some(true) => Command::InitOnly,
+                _ => Command::Daemon,
+            },
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Print the dataplane rules for the Services and EndpointSlices in the manifests,
+    /// without touching the kernel.
+    Render(Manifests),
+    /// Program the dataplane once from the Services and EndpointSlices in the
+    /// manifests, then exit.
+    Apply(Manifests),
+}
+
+#[derive(Args, Debug)]
+struct Manifests {
+    /// A manifest file or a directory of them (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// Every upstream flag, `None` when not given (so defaults stay upstream's).
+#[derive(Args, Debug, Default)]
+struct Flags {
+    #[arg(
+        long,
+        value_name = "string",
+        help = "The path to the configuration file."
+    )]
+    config: Option<PathBuf>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "If set, write the default configuration values to this file and exit."
+    )]
+    write_config_to: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "If true cleanup iptables and ipvs rules and exit.")]
+    cleanup: Option<bool>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "If true, perform any initialization steps that must be done with full root privileges, and then exit. After doing this, you can run kube-proxy again with only the CAP_NET_ADMIN capability.")]
+    init_only: Option<bool>,
+    #[arg(long, value_name = "mapStringBool", value_parser = parse_feature_gates,
+          help = "A set of key=value pairs that describe feature gates for alpha/experimental features. This parameter is ignored if a config file is specified by --config.")]
+    feature_gates: Vec<FeatureGates>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "Path to kubeconfig file with authorization information (the master location can be overridden by the master flag)."
+    )]
+    kubeconfig: Option<String>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "The address of the Kubernetes API server (overrides any value in kubeconfig)"
+    )]
+    master: Option<String>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "Content type of requests sent to apiserver. (default \"application/vnd.kubernetes.protobuf\")"
+    )]
+    kube_api_content_type: Option<String>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "Burst to use while talking with kubernetes apiserver (default 10)")]
+    kube_api_burst: Option<i32>,
+    #[arg(long, value_name = "float32", value_parser = parse_float32,
+          help = "QPS to use while talking with kubernetes apiserver (default 5)")]
+    kube_api_qps: Option<f32>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "If non-empty, will be used as the name of the Node that kube-proxy is running on. If unset, the node name is assumed to be the same as the node's hostname."
+    )]
+    hostname_override: Option<String>,
+    #[arg(long, value_name = "ip", value_parser = parse_ip,
+          help = "Overrides kube-proxy's idea of what its node's primary IP is. Note that the name is a historical artifact, and kube-proxy does not actually bind any sockets to this IP. This parameter is ignored if a config file is specified by --config. (default 0.0.0.0)")]
+    bind_address: Option<String>,
+    #[arg(long, value_name = "ipport", value_parser = parse_ip_port,
+          help = "The IP address and port for the health check server to serve on, defaulting to \"0.0.0.0:10256\". This parameter is ignored if a config file is specified by --config.")]
+    healthz_bind_address: Option<String>,
+    #[arg(long, value_name = "ipport", value_parser = parse_ip_port,
+          help = "The IP address and port for the metrics server to serve on, defaulting to \"127.0.0.1:10249\". (Set to \"0.0.0.0:10249\" / \"[::]:10249\" to bind on all interfaces.) Set empty to disable. This parameter is ignored if a config file is specified by --config.")]
+    metrics_bind_address: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "If true kube-proxy will treat failure to bind to a port as fatal and exit")]
+    bind_address_hard_fail: Option<bool>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "If true enables profiling via web interface on /debug/pprof handler. This parameter is ignored if a config file is specified by --config.")]
+    profiling: Option<bool>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "The previous version for which you want to show hidden metrics. Only the previous minor version is meaningful, other values will not be allowed. The format is <major>.<minor>, e.g.: '1.16'. This parameter is ignored if a config file is specified by --config."
+    )]
+    show_hidden_metrics_for_version: Option<String>,
+    #[arg(
+        long,
+        value_name = "ProxyMode",
+        help = "Which proxy mode to use: on Linux this can be 'iptables' (default), 'ipvs', or 'nftables'. This parameter is ignored if a config file is specified by --config."
+    )]
+    proxy_mode: Option<String>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "If using the iptables or ipvs proxy mode, the bit of the fwmark space to mark packets requiring SNAT with.  Must be within the range [0, 31]. (default 14)")]
+    iptables_masquerade_bit: Option<i32>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "SNAT all traffic sent via Service cluster IPs. This may be required with some CNI plugins. Only supported on Linux.")]
+    masquerade_all: Option<bool>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "If false, kube-proxy will disable the legacy behavior of allowing NodePort services to be accessed via localhost. (Applies only to iptables mode and IPv4; localhost NodePorts are never allowed with other proxy modes or with IPv6.) (default true)")]
+    iptables_localhost_nodeports: Option<bool>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "An interval (e.g. '5s', '1m', '2h22m') indicating how frequently various re-synchronizing and cleanup operations are performed. Must be greater than 0. (default 30s)")]
+    iptables_sync_period: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "The minimum period between iptables rule resyncs (e.g. '5s', '1m', '2h22m'). A value of 0 means every Service or EndpointSlice change will result in an immediate iptables resync. (default 1s)")]
+    iptables_min_sync_period: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "An interval (e.g. '5s', '1m', '2h22m') indicating how frequently various re-synchronizing and cleanup operations are performed. Must be greater than 0. (default 30s)")]
+    ipvs_sync_period: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "The minimum period between IPVS rule resyncs (e.g. '5s', '1m', '2h22m'). A value of 0 means every Service or EndpointSlice change will result in an immediate IPVS resync. (default 1s)")]
+    ipvs_min_sync_period: Option<Duration>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "The ipvs scheduler type when proxy mode is ipvs"
+    )]
+    ipvs_scheduler: Option<String>,
+    #[arg(
+        long,
+        value_name = "strings",
+        help = "A comma-separated list of CIDRs which the ipvs proxier should not touch when cleaning up IPVS rules."
+    )]
+    ipvs_exclude_cidrs: Vec<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2")]
+    ipvs_strict_arp: Option<bool>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")]
+    ipvs_tcp_timeout: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")]
+    ipvs_tcpfin_timeout: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")]
+    ipvs_udp_timeout: Option<Duration>,
+    #[arg(
+        long,
+        value_name = "LocalMode",
+        help = "Mode to use to detect local traffic. This parameter is ignored if a config file is specified by --config."
+    )]
+    detect_local_mode: Option<String>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "A bridge interface name. When --detect-local-mode is set to BridgeInterface, kube-proxy will consider traffic to be local if it originates from this bridge."
+    )]
+    pod_bridge_interface: Option<String>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "An interface name prefix. When --detect-local-mode is set to InterfaceNamePrefix, kube-proxy will consider traffic to be local if it originates from any interface whose name begins with this prefix."
+    )]
+    pod_interface_name_prefix: Option<String>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "The CIDR range of the pods in the cluster. (For dual-stack clusters, this can be a comma-separated dual-stack pair of CIDR ranges.). When --detect-local-mode is set to ClusterCIDR, kube-proxy will consider traffic to be local if its source IP is in this range. (Otherwise it is not used.) This parameter is ignored if a config file is specified by --config."
+    )]
+    cluster_cidr: Option<String>,
+    #[arg(
+        long,
+        value_name = "strings",
+        help = "A list of CIDR ranges that contain valid node IPs, or alternatively, the single string 'primary'. If set to a list of CIDRs, connections to NodePort services will only be accepted on node IPs in one of the indicated ranges. If set to 'primary', NodePort services will only be accepted on the node's primary IP(s) according to the Node object. If unset, NodePort connections will be accepted on all local IPs. This parameter is ignored if a config file is specified by --config."
+    )]
+    nodeport_addresses: Vec<String>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "The oom-score-adj value for kube-proxy process. Values must be within the range [-1000, 1000]. This parameter is ignored if a config file is specified by --config. (default -999)")]
+    oom_score_adj: Option<i32>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min). (default 32768)")]
+    conntrack_max_per_core: Option<i32>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core (set conntrack-max-per-core=0 to leave the limit as-is). (default 131072)")]
+    conntrack_min: Option<i32>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "Idle timeout for established TCP connections (0 to leave as-is) (default 24h0m0s)")]
+    conntrack_tcp_timeout_established: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "NAT timeout for TCP connections in the CLOSE_WAIT state (default 1h0m0s)")]
+    conntrack_tcp_timeout_close_wait: Option<Duration>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "Enable liberal mode for tracking TCP packets by setting nf_conntrack_tcp_be_liberal to 1")]
+    conntrack_tcp_be_liberal: Option<bool>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "Idle timeout for UNREPLIED UDP connections (0 to leave as-is)")]
+    conntrack_udp_timeout: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "Idle timeout for ASSURED UDP connections (0 to leave as-is)")]
+    conntrack_udp_timeout_stream: Option<Duration>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "How often configuration from the apiserver is refreshed.  Must be greater than 0. (default 15m0s)")]
+    config_sync_period: Option<Duration>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "The port to bind the health check server. Use 0 to disable. (DEPRECATED: use --healthz-bind-address instead.) (default 10256)")]
+    healthz_port: Option<i32>,
+    #[arg(long, value_name = "int32", value_parser = parse_int32,
+          help = "The port to bind the metrics server. Use 0 to disable. (DEPRECATED: use --metrics-bind-address instead.) (default 10249)")]
+    metrics_port: Option<i32>,
+    #[arg(short = 'v', long = "v", value_name = "Level", value_parser = parse_level,
+          help = "number for the log level verbosity")]
+    v: Option<u32>,
+    #[arg(long, value_name = "pattern=N,...", value_parser = parse_vmodule,
+          help = "comma-separated list of pattern=N settings for file-filtered logging (only works for text log format)")]
+    vmodule: Vec<VModule>,
+    #[arg(
+        long,
+        value_name = "string",
+        help = "Sets the log format. Permitted formats: \"json\", \"text\". (default \"text\")"
+    )]
+    logging_format: Option<String>,
+    #[arg(long, value_name = "duration", value_parser = parse_duration,
+          help = "Maximum number of seconds between log flushes (default 5s)")]
+    log_flush_frequency: Option<Duration>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_name = "version[=true|raw]",
+          help = "--version, --version=raw prints version information and quits")]
+    version: Option<String>,
+}
+
+impl Flags {
+    /// `--version` (and `--version=true|raw`) asks for the version; `--version=false`
+    /// does not. Returns whether the raw form was asked for.
+    fn version_request(&self) -> Option<bool> {
+        match self.version.as_deref() {
+            None => None,
+            Some("raw") => Some(true),
+            Some(v) => parse_bool(v).ok().filter(|b| *b).map(|_| false),
+        }
+    }
+
+    /// Applies the flags that map onto the configuration (only without `--config`).
+    fn apply(&self, c: &mut KubeProxyConfiguration) {
+        // The mode first: where --masquerade-all and the sync periods land depends on it.
+        set(&mut c.mode, &self.proxy_mode);
+        self.apply_sync_periods(c);
+        if let Some(all) = self.masquerade_all {
+            c.set_masquerade_all(all);
+        }
+        set(&mut c.client_connection.kubeconfig, &self.kubeconfig);
+        set(
+            &mut c.client_connection.content_type,
+            &self.kube_api_content_type,
+        );
+        set(&mut c.client_connection.burst, &self.kube_api_burst);
+        set(&mut c.client_connection.qps, &self.kube_api_qps);
+        set(&mut c.bind_address, &self.bind_address);
+        set(&mut c.healthz_bind_address, &self.healthz_bind_address);
+        set(&mut c.metrics_bind_address, &self.metrics_bind_address);
+        set(&mut c.bind_address_hard_fail, &self.bind_address_hard_fail);
+        set(&mut c.enable_profiling, &self.profiling);
+        set(
+            &mut c.show_hidden_metrics_for_version,
+            &self.show_hidden_metrics_for_version,
+        );
+        set_some(&mut c.iptables.masquerade_bit, self.iptables_masquerade_bit);
+        set_some(
+            &mut c.iptables.localhost_node_ports,
+            self.iptables_localhost_nodeports,
+        );
+        self.apply_ipvs(c);
+        set(&mut c.detect_local_mode, &self.detect_local_mode);
+        set(
+            &mut c.detect_local.bridge_interface,
+            &self.pod_bridge_interface,
+        );
+        set(
+            &mut c.detect_local.interface_name_prefix,
+            &self.pod_interface_name_prefix,
+        );
+        set(&mut c.cluster_cidr, &self.cluster_cidr);
+        if !self.nodeport_addresses.is_empty() {
+            c.node_port_addresses = split_list(&self.nodeport_addresses);
+        }
+        set_some(&mut c.oom_score_adj, self.oom_score_adj);
+        self.apply_conntrack(c);
+        set(&mut c.config_sync_period, &self.config_sync_period);
+        for (gate, enabled) in self.feature_gates.iter().flat_map(|g| &g.0) {
+            c.feature_gates.insert(gate.clone(), *enabled);
+        }
+    }
+
+    /// Upstream keeps one sync period pair internally, seeded from the iptables
+    /// defaults, and `--iptables-*` set it unless the mode is ipvs, `--ipvs-*` only if
+    /// it is. (So flag-configured ipvs mode has minSyncPeriod 1s, as upstream.)
+    fn apply_sync_periods(&self, c: &mut KubeProxyConfiguration) {
+        let (sync, min_sync) = (c.iptables.sync_period, c.iptables.min_sync_period);
+        let (given_sync, given_min) = match c.effective_mode() {
+            ProxyMode::Ipvs => (self.ipvs_sync_period, self.ipvs_min_sync_period),
+            _ => (self.iptables_sync_period, self.iptables_min_sync_period),
+        };
+        let (sync_field, min_field) = match c.effective_mode() {
+            ProxyMode::IpTables => (&mut c.iptables.sync_period, &mut c.iptables.min_sync_period),
+            ProxyMode::Ipvs => (&mut c.ipvs.sync_period, &mut c.ipvs.min_sync_period),
+            ProxyMode::NfTables => (&mut c.nftables.sync_period, &mut c.nftables.min_sync_period),
+        };
+        *sync_field = given_sync.unwrap_or(sync);
+        *min_field = given_min.unwrap_or(min_sync);
+    }
+
+    fn apply_ipvs(&self, c: &mut KubeProxyConfiguration) {
+        set(&mut c.ipvs.scheduler, &self.ipvs_scheduler);
+        if !self.ipvs_exclude_cidrs.is_empty() {
+            c.ipvs.exclude_cidrs = split_list(&self.ipvs_exclude_cidrs);
+        }
+        set(&mut c.ipvs.strict_arp, &self.ipvs_strict_arp);
+        set(&mut c.ipvs.tcp_timeout, &self.ipvs_tcp_timeout);
+        set(&mut c.ipvs.tcp_fin_timeout, &self.ipvs_tcpfin_timeout);
+        set(&mut c.ipvs.udp_timeout, &self.ipvs_udp_timeout);
+    }
+
+    fn apply_conntrack(&self, c: &mut KubeProxyConfiguration) {
+        let ct = &mut c.conntrack;
+        set_some(&mut ct.max_per_core, self.conntrack_max_per_core);
+        set_some(&mut ct.min, self.conntrack_min);
+        set_some(
+            &mut ct.tcp_established_timeout,
+            self.conntrack_tcp_timeout_established,
+        );
+        set_some(
+            &mut ct.tcp_close_wait_timeout,
+            self.conntrack_tcp_timeout_close_wait,
+        );
+        set(&mut ct.tcp_be_liberal, &self.conntrack_tcp_be_liberal);
+        set(&mut ct.udp_timeout, &self.conntrack_udp_timeout);
+        set(
+            &mut ct.udp_stream_timeout,
+            &self.conntrack_udp_timeout_stream,
+        );
+    }
+
+    /// Logging flags win over the file too (upstream's `copyLogsFromFlags`); vmodule
+    /// entries from flags come before the file's.
+    fn apply_logging(&self, c: &mut KubeProxyConfiguration) {
+        let logging = &mut c.logging;
+        set(&mut logging.verbosity, &self.v);
+        set(&mut logging.format, &self.logging_format);
+        set(&mut logging.flush_frequency, &self.log_flush_frequency);
+        let from_flags = self.vmodule.iter().flat_map(|v| v.0.iter().cloned());
+        logging.vmodule.splice(0..0, from_flags);
+    }
+}
+
+fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+    if let Some(value) = flag {
+        *field = value.clone();
+    }
+}
+
+fn set_some<T>(field: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *field = flag;
+    }
+}
+
+/// pflag's string slices: every occurrence is a comma-separated list, occurrences
+/// accumulate, and an empty occurrence adds nothing.
+fn split_list(occurrences: &[String]) -> Vec<String> {
+    occurrences
+        .iter()
+        .filter(|o| !o.is_empty())
+        .flat_map(|o| o.split(','))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("parsing {s:?}: expected true or false")),
+    }
+}
+
+/// Go's `strconv.ParseInt(s, 0, 32)`: decimal, or `0x`/`0o`/`0b`/leading-`0` prefixes.
+fn parse_int32(s: &str) -> Result<i32, String> {
+    let (negative, digits) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = digits.to_ascii_lowercase();
+    let (radix, body) = if let Some(hex) = lower.strip_prefix("0x") {
+        (16, hex)
+    } else if let Some(oct) = lower.strip_prefix("0o") {
+        (8, oct)
+    } else if let Some(bin) = lower.strip_prefix("0b") {
+        (2, bin)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    if body.is_empty() || body.starts_with(['+', '-']) {
+        return Err(format!("parsing {s:?}: invalid syntax"));
+    }
+    let magnitude = i64::from_str_radix(body, radix).map_err(|e| match e.kind() {
+        std::num::IntErrorKind::PosOverflow => format!("parsing {s:?}: value out of range"),
+        _ => format!("parsing {s:?}: invalid syntax"),
+    })?;
+    let value = if negative { -magnitude } else { magnitude };
+    i32::try_from(value).map_err(|_| format!("parsing {s:?}: value out of range"))
+}
+
+fn parse_float32(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("parsing {s:?}: invalid syntax"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<Duration>().map_err(|e| e.to_string())
+}
+
+/// klog's `-v`: a non-negative level.
+fn parse_level(s: &str) -> Result<u32, String> {
+    let level = parse_int32(s)?;
+    u32::try_from(level).map_err(|_| format!("{s:?}: the verbosity level must not be negative"))
+}
+
+/// `--bind-address`: an IP (empty clears it, for validation to report).
+fn parse_ip(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.parse::<std::net::IpAddr>().is_ok() {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a valid IP address"))
+    }
+}
+
+/// `--healthz-bind-address`/`--metrics-bind-address`: `IP` or `IP:port`; empty
+/// disables the server.
+fn parse_ip_port(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Ok(String::new());
+    }
+    if s.parse::<std::net::IpAddr>().is_ok() || s.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    Err(format!("{s:?} is not in a valid format (ip or ip:port)"))
+}
+
+/// One `--feature-gates` occurrence; occurrences merge, later ones win per gate.
+#[derive(Debug, Clone)]
+struct FeatureGates(Vec<(String, bool)>);
+
+/// One `--vmodule` occurrence; occurrences accumulate.
+#[derive(Debug, Clone)]
+struct VModule(Vec<VModuleItem>);
+
+/// `--feature-gates=A=true,B=false`.
+fn parse_feature_gates(s: &str) -> Result<FeatureGates, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("missing bool value for {pair}"))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(format!("missing feature gate name in {pair:?}"));
+            }
+            let enabled = parse_bool(value.trim())
+                .map_err(|e| format!("invalid value of {key}={value}: {e}"))?;
+            Ok((key.to_string(), enabled))
+        })
+        .collect::<Result<_, _>>()
+        .map(FeatureGates)
+}
+
+/// `--vmodule=pattern=N,...`.
+fn parse_vmodule(s: &str) -> Result<VModule, String> {
+    s.split(',')
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (pattern, level) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected pattern=N"))?;
+            if pattern.is_empty() {
+                return Err(format!("{item:?}: empty file pattern"));
+            }
+            Ok(VModuleItem {
+                file_pattern: pattern.to_string(),
+                verbosity: parse_level(level)?,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(VModule)
+}
