@@ -104,11 +104,15 @@ fn net_text(net: &IpNet) -> String {
     }
 }
 
-/// `{ a, b }`, merged and sorted as nft prints anonymous interval sets.
+/// `{ a, b }`, merged and sorted as nft prints anonymous interval sets; a single entry
+/// is printed bare.
 fn anonymous_set(nets: &[IpNet]) -> String {
     let merged = IpNet::aggregate(&nets.to_vec());
     let items: Vec<String> = merged.iter().map(net_text).collect();
-    format!("{{ {} }}", items.join(", "))
+    match items.as_slice() {
+        [one] => one.clone(),
+        _ => format!("{{ {} }}", items.join(", ")),
+    }
 }
 
 const TABLE_COMMENT: &str = "rules for kube-proxy";

@@ -18,7 +18,10 @@ fn backend(fake: &FakeNft) -> NftablesBackend {
 }
 
 fn changed(names: &[&ServicePortName]) -> Changes {
-    Changes { services: names.iter().map(|n| (*n).clone()).collect(), ..Changes::default() }
+    Changes {
+        services: names.iter().map(|n| (*n).clone()).collect(),
+        ..Changes::default()
+    }
 }
 
 /// What a fresh full sync of `state` leaves in an empty kernel.
@@ -36,8 +39,14 @@ fn two_services() -> ProxyState {
     state(
         node(),
         vec![
-            (port("ns1", "a", "p", Protocol::Tcp, "172.30.0.1", 80), vec![ep("10.0.1.1", 80, true)]),
-            (port("ns1", "b", "p", Protocol::Tcp, "172.30.0.2", 80), vec![ep("10.0.2.1", 80, false)]),
+            (
+                port("ns1", "a", "p", Protocol::Tcp, "172.30.0.1", 80),
+                vec![ep("10.0.1.1", 80, true)],
+            ),
+            (
+                port("ns1", "b", "p", Protocol::Tcp, "172.30.0.2", 80),
+                vec![ep("10.0.2.1", 80, false)],
+            ),
         ],
     )
 }
@@ -45,7 +54,9 @@ fn two_services() -> ProxyState {
 #[test]
 fn full_sync_builds_both_tables() {
     let fake = FakeNft::new();
-    let report = backend(&fake).sync(&two_services(), &Changes::full()).unwrap();
+    let report = backend(&fake)
+        .sync(&two_services(), &Changes::full())
+        .unwrap();
     assert!(report.full && report.applied);
     assert_eq!(fake.apply_count(), 1, "one atomic transaction");
     let v4 = fake.table(Family::Ip).unwrap();
@@ -53,13 +64,25 @@ fn full_sync_builds_both_tables() {
     assert_eq!(dispatch.len(), 2);
     let target = dispatch["172.30.0.1 . tcp . 80"].value.as_deref().unwrap();
     let chain = target.strip_prefix("goto ").unwrap();
-    assert!(chain.starts_with("service-") && chain.ends_with("-ns1/a/tcp/p"), "{chain}");
+    assert!(
+        chain.starts_with("service-") && chain.ends_with("-ns1/a/tcp/p"),
+        "{chain}"
+    );
     let rules = &v4.chains[chain].rules;
-    assert!(rules.last().unwrap().starts_with("numgen inc mod 1 vmap { 0 : goto endpoint-"), "{rules:?}");
+    assert!(
+        rules
+            .last()
+            .unwrap()
+            .starts_with("numgen inc mod 1 vmap { 0 : goto endpoint-"),
+        "{rules:?}"
+    );
     assert_eq!(v4.chains["nat-output"].rules, vec!["jump services"]);
     let v6 = fake.table(Family::Ip6).unwrap();
     assert!(v6.sets["service-ips"].elements.is_empty());
-    assert_eq!(v6.chains["services"].rules[0], "ip6 daddr . meta l4proto . th dport vmap @service-ips");
+    assert_eq!(
+        v6.chains["services"].rules[0],
+        "ip6 daddr . meta l4proto . th dport vmap @service-ips"
+    );
 }
 
 #[test]
@@ -87,13 +110,20 @@ fn partial_sync_touches_only_the_changed_service() {
     b.sync(&st, &Changes::full()).unwrap();
     let reads = fake.read_count();
     let svc_b = port("ns1", "b", "p", Protocol::Tcp, "172.30.0.2", 80);
-    insert(&mut st, svc_b.clone(), vec![ep("10.0.2.1", 80, false), ep("10.0.2.2", 80, false)]);
+    insert(
+        &mut st,
+        svc_b.clone(),
+        vec![ep("10.0.2.1", 80, false), ep("10.0.2.2", 80, false)],
+    );
     let report = b.sync(&st, &changed(&[&svc_b.name])).unwrap();
     assert!(report.applied && !report.full);
     assert_eq!(fake.read_count(), reads, "a partial sync trusts its model");
     let script = fake.applied().last().unwrap().render();
     assert!(!script.contains("ns1/a/"), "service a untouched:\n{script}");
-    assert!(!script.contains("add table") && !script.contains("nat-output"), "{script}");
+    assert!(
+        !script.contains("add table") && !script.contains("nat-output"),
+        "{script}"
+    );
     assert!(script.contains("numgen inc mod 2"), "{script}");
     assert_eq!(tables(&fake), fresh_tables(&st));
 }
@@ -110,16 +140,32 @@ fn removed_chains_are_flushed_then_deleted_by_a_later_sync() {
     st.v4.remove(&a);
     b.sync(&st, &changed(&[&a])).unwrap();
     let v4 = fake.table(Family::Ip).unwrap();
-    let leftovers: Vec<_> = v4.chains.iter().filter(|(n, _)| n.contains("ns1/a/")).collect();
-    assert_eq!(leftovers.len(), 2, "service and endpoint chain kept: {leftovers:?}");
-    assert!(leftovers.iter().all(|(_, c)| c.rules.is_empty()), "but flushed");
+    let leftovers: Vec<_> = v4
+        .chains
+        .iter()
+        .filter(|(n, _)| n.contains("ns1/a/"))
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        2,
+        "service and endpoint chain kept: {leftovers:?}"
+    );
+    assert!(
+        leftovers.iter().all(|(_, c)| c.rules.is_empty()),
+        "but flushed"
+    );
     // Not yet due: a no-op sync sends nothing.
     assert!(!b.sync(&st, &Changes::default()).unwrap().applied);
 
     let mut b = b.with_stale_chain_grace(Duration::ZERO);
     let report = b.sync(&st, &Changes::default()).unwrap();
     assert!(report.applied && !report.full);
-    assert!(!fake.table(Family::Ip).unwrap().chains.keys().any(|n| n.contains("ns1/a/")));
+    assert!(!fake
+        .table(Family::Ip)
+        .unwrap()
+        .chains
+        .keys()
+        .any(|n| n.contains("ns1/a/")));
     assert_eq!(tables(&fake), fresh_tables(&st));
 }
 
@@ -157,7 +203,10 @@ fn a_restarted_backend_reconciles_instead_of_rebuilding() {
     let mut restarted = backend(&fake);
     restarted.sync(&st, &Changes::full()).unwrap();
     let script = fake.applied().last().unwrap().render();
-    assert!(!script.contains("ns1/a/") && !script.contains("flush chain ip kube-proxy services"), "{script}");
+    assert!(
+        !script.contains("ns1/a/") && !script.contains("flush chain ip kube-proxy services"),
+        "{script}"
+    );
     assert!(script.contains("10.0.2.9"), "{script}");
     // The old endpoint chain is flushed now and deleted by the next sync.
     assert!(restarted.sync(&st, &Changes::default()).unwrap().applied);
@@ -168,11 +217,28 @@ fn a_restarted_backend_reconciles_instead_of_rebuilding() {
 fn ports_sharing_a_cluster_ip_keep_it_until_the_last_goes() {
     let fake = FakeNft::new();
     let mut b = backend(&fake);
-    let dns = port("kube-system", "dns", "dns", Protocol::Udp, "172.30.0.53", 53);
-    let dns_tcp = port("kube-system", "dns", "dns-tcp", Protocol::Tcp, "172.30.0.53", 53);
+    let dns = port(
+        "kube-system",
+        "dns",
+        "dns",
+        Protocol::Udp,
+        "172.30.0.53",
+        53,
+    );
+    let dns_tcp = port(
+        "kube-system",
+        "dns",
+        "dns-tcp",
+        Protocol::Tcp,
+        "172.30.0.53",
+        53,
+    );
     let mut st = state(
         node(),
-        vec![(dns.clone(), vec![ep("10.0.1.9", 53, true)]), (dns_tcp.clone(), vec![ep("10.0.1.9", 53, true)])],
+        vec![
+            (dns.clone(), vec![ep("10.0.1.9", 53, true)]),
+            (dns_tcp.clone(), vec![ep("10.0.1.9", 53, true)]),
+        ],
     );
     b.sync(&st, &Changes::full()).unwrap();
     st.v4.remove(&dns_tcp.name);
@@ -181,16 +247,24 @@ fn ports_sharing_a_cluster_ip_keep_it_until_the_last_goes() {
     assert!(v4.sets["cluster-ips"].elements.contains_key("172.30.0.53"));
     st.v4.remove(&dns.name);
     b.sync(&st, &changed(&[&dns.name])).unwrap();
-    assert!(fake.table(Family::Ip).unwrap().sets["cluster-ips"].elements.is_empty());
+    assert!(fake.table(Family::Ip).unwrap().sets["cluster-ips"]
+        .elements
+        .is_empty());
 }
 
 #[test]
 fn every_scenario_renders_what_a_full_sync_applies() {
     for s in scenarios() {
         let fake = FakeNft::new();
-        let mut b = NftablesBackend::with_executor(s.options.clone(), fake.clone()).with_address_source(addresses());
+        let mut b = NftablesBackend::with_executor(s.options.clone(), fake.clone())
+            .with_address_source(addresses());
         b.sync(&s.state, &Changes::full()).unwrap();
-        assert_eq!(fake.applied()[0].render(), b.render(&s.state).unwrap(), "{}", s.name);
+        assert_eq!(
+            fake.applied()[0].render(),
+            b.render(&s.state).unwrap(),
+            "{}",
+            s.name
+        );
     }
 }
 
@@ -211,7 +285,13 @@ fn cleanup_removes_both_tables_and_only_them() {
 #[derive(Debug, Clone)]
 enum Edit {
     Remove(usize),
-    Set { svc: usize, endpoints: Vec<(u8, bool, bool)>, node_port: bool, etp_local: bool, affinity: Option<u32> },
+    Set {
+        svc: usize,
+        endpoints: Vec<(u8, bool, bool)>,
+        node_port: bool,
+        etp_local: bool,
+        affinity: Option<u32>,
+    },
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -224,13 +304,15 @@ fn edit() -> impl Strategy<Value = Edit> {
             any::<bool>(),
             prop::option::of(prop_oneof![Just(60u32), Just(10800u32)]),
         )
-            .prop_map(|(svc, endpoints, node_port, etp_local, affinity)| Edit::Set {
-                svc,
-                endpoints,
-                node_port,
-                etp_local,
-                affinity
-            }),
+            .prop_map(
+                |(svc, endpoints, node_port, etp_local, affinity)| Edit::Set {
+                    svc,
+                    endpoints,
+                    node_port,
+                    etp_local,
+                    affinity
+                }
+            ),
     ]
 }
 
@@ -242,21 +324,37 @@ fn apply_edit(st: &mut ProxyState, e: &Edit) -> ServicePortName {
     let (svc_name, cip, proto) = match svc {
         0 => ("s0", "172.30.0.1", Protocol::Tcp),
         1 => ("s0", "172.30.0.1", Protocol::Udp),
-        n => (["s2", "s3"][n - 2], ["172.30.0.2", "172.30.0.3"][n - 2], Protocol::Tcp),
+        n => (
+            ["s2", "s3"][n - 2],
+            ["172.30.0.2", "172.30.0.3"][n - 2],
+            Protocol::Tcp,
+        ),
     };
     let mut p = port("ns", svc_name, &format!("p{svc}"), proto, cip, 80);
-    let Edit::Set { endpoints, node_port, etp_local, affinity, .. } = e else {
+    let Edit::Set {
+        endpoints,
+        node_port,
+        etp_local,
+        affinity,
+        ..
+    } = e
+    else {
         st.v4.remove(&p.name);
         return p.name;
     };
     p.node_port = if *node_port { 30000 + svc as u16 } else { 0 };
     p.external_policy_local = *etp_local && *node_port;
-    p.session_affinity = affinity.map(|timeout_seconds| kube_proxy_model::SessionAffinity { timeout_seconds });
+    p.session_affinity =
+        affinity.map(|timeout_seconds| kube_proxy_model::SessionAffinity { timeout_seconds });
     let eps = endpoints
         .iter()
         .map(|(n, local, ready)| {
             let addr = format!("10.0.{}.{n}", u8::from(*local));
-            if *ready { ep(&addr, 8080, *local) } else { terminating(&addr, 8080, *local) }
+            if *ready {
+                ep(&addr, 8080, *local)
+            } else {
+                terminating(&addr, 8080, *local)
+            }
         })
         .collect();
     insert(st, p.clone(), eps);

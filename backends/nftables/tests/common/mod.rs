@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use kube_proxy_model::{
-    Endpoint, IpFamily, LocalDetector, NodeInfo, NodePortAddress, Protocol, ProxyOptions, ProxyState, Scheduling,
-    ServiceEntry, ServicePort, ServicePortName, SessionAffinity,
+    Endpoint, IpFamily, LocalDetector, NodeInfo, NodePortAddress, Protocol, ProxyOptions,
+    ProxyState, Scheduling, ServiceEntry, ServicePort, ServicePortName, SessionAffinity,
 };
-use kube_proxy_nftables::{ExecError, Family, NftExecutor, StaticAddresses, TableState, Transaction};
+use kube_proxy_nftables::{
+    ExecError, Family, NftExecutor, StaticAddresses, TableState, Transaction,
+};
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -21,11 +23,23 @@ pub fn net(s: &str) -> IpNet {
 }
 
 pub fn name(ns: &str, svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName { namespace: ns.into(), name: svc.into(), port: port.into(), protocol }
+    ServicePortName {
+        namespace: ns.into(),
+        name: svc.into(),
+        port: port.into(),
+        protocol,
+    }
 }
 
 /// A ClusterIP service port with nothing else set.
-pub fn port(ns: &str, svc: &str, port_name: &str, protocol: Protocol, cluster_ip: &str, port: u16) -> ServicePort {
+pub fn port(
+    ns: &str,
+    svc: &str,
+    port_name: &str,
+    protocol: Protocol,
+    cluster_ip: &str,
+    port: u16,
+) -> ServicePort {
     let cluster_ip = ip(cluster_ip);
     ServicePort {
         name: name(ns, svc, port_name, protocol),
@@ -48,7 +62,12 @@ pub fn ep(addr: &str, port: u16, local: bool) -> Endpoint {
 }
 
 pub fn terminating(addr: &str, port: u16, local: bool) -> Endpoint {
-    Endpoint { ready: false, serving: true, terminating: true, ..ep(addr, port, local) }
+    Endpoint {
+        ready: false,
+        serving: true,
+        terminating: true,
+        ..ep(addr, port, local)
+    }
 }
 
 pub fn node() -> NodeInfo {
@@ -63,12 +82,21 @@ pub fn node() -> NodeInfo {
 
 /// The local addresses the golden scenarios pretend the node has.
 pub fn addresses() -> StaticAddresses {
-    StaticAddresses(vec![ip("127.0.0.1"), ip("192.168.0.2"), ip("10.0.1.1"), ip("::1"), ip("fd00:192::2")])
+    StaticAddresses(vec![
+        ip("127.0.0.1"),
+        ip("192.168.0.2"),
+        ip("10.0.1.1"),
+        ip("::1"),
+        ip("fd00:192::2"),
+    ])
 }
 
 /// A model holding `ports` with their endpoints.
 pub fn state(node: NodeInfo, ports: Vec<(ServicePort, Vec<Endpoint>)>) -> ProxyState {
-    let mut st = ProxyState { node, ..ProxyState::default() };
+    let mut st = ProxyState {
+        node,
+        ..ProxyState::default()
+    };
     for (p, eps) in ports {
         insert(&mut st, p, eps);
     }
@@ -86,7 +114,10 @@ pub fn insert(st: &mut ProxyState, p: ServicePort, eps: Vec<Endpoint>) {
 }
 
 pub fn default_options() -> ProxyOptions {
-    ProxyOptions { local_detector: LocalDetector::Cidrs(vec![net("10.0.0.0/16")]), ..ProxyOptions::default() }
+    ProxyOptions {
+        local_detector: LocalDetector::Cidrs(vec![net("10.0.0.0/16")]),
+        ..ProxyOptions::default()
+    }
 }
 
 /// One golden scenario: a name (the file under `tests/golden/`), options and a model.
@@ -96,8 +127,16 @@ pub struct Scenario {
     pub state: ProxyState,
 }
 
-fn scenario(name: &'static str, options: ProxyOptions, ports: Vec<(ServicePort, Vec<Endpoint>)>) -> Scenario {
-    Scenario { name, options, state: state(node(), ports) }
+fn scenario(
+    name: &'static str,
+    options: ProxyOptions,
+    ports: Vec<(ServicePort, Vec<Endpoint>)>,
+) -> Scenario {
+    Scenario {
+        name,
+        options,
+        state: state(node(), ports),
+    }
 }
 
 fn web() -> ServicePort {
@@ -113,16 +152,45 @@ pub fn scenarios() -> Vec<Scenario> {
     let d = default_options;
     let mut v = vec![
         scenario("clusterip", d(), vec![(web(), two_endpoints())]),
-        scenario("nodeport", d(), vec![(ServicePort { node_port: 30080, ..web() }, two_endpoints())]),
+        scenario(
+            "nodeport",
+            d(),
+            vec![(
+                ServicePort {
+                    node_port: 30080,
+                    ..web()
+                },
+                two_endpoints(),
+            )],
+        ),
         scenario(
             "nodeport_addresses",
             ProxyOptions {
-                node_port_addresses: vec![NodePortAddress::Cidr(net("10.0.0.0/8")), NodePortAddress::Primary],
+                node_port_addresses: vec![
+                    NodePortAddress::Cidr(net("10.0.0.0/8")),
+                    NodePortAddress::Primary,
+                ],
                 ..d()
             },
-            vec![(ServicePort { node_port: 30080, ..web() }, two_endpoints())],
+            vec![(
+                ServicePort {
+                    node_port: 30080,
+                    ..web()
+                },
+                two_endpoints(),
+            )],
         ),
-        scenario("external_ip", d(), vec![(ServicePort { external_ips: vec![ip("203.0.113.7")], ..web() }, two_endpoints())]),
+        scenario(
+            "external_ip",
+            d(),
+            vec![(
+                ServicePort {
+                    external_ips: vec![ip("203.0.113.7")],
+                    ..web()
+                },
+                two_endpoints(),
+            )],
+        ),
         scenario(
             "loadbalancer_source_ranges",
             d(),
@@ -137,38 +205,82 @@ pub fn scenarios() -> Vec<Scenario> {
             )],
         ),
         scenario("etp_local", d(), vec![(etp_local(), two_endpoints())]),
-        scenario("etp_local_no_local_endpoints", d(), vec![(etp_local(), vec![ep("10.0.2.5", 8080, false)])]),
-        scenario("itp_local", d(), vec![(ServicePort { internal_policy_local: true, ..web() }, two_endpoints())]),
+        scenario(
+            "etp_local_no_local_endpoints",
+            d(),
+            vec![(etp_local(), vec![ep("10.0.2.5", 8080, false)])],
+        ),
+        scenario(
+            "itp_local",
+            d(),
+            vec![(
+                ServicePort {
+                    internal_policy_local: true,
+                    ..web()
+                },
+                two_endpoints(),
+            )],
+        ),
         scenario(
             "itp_local_no_local_endpoints",
             d(),
-            vec![(ServicePort { internal_policy_local: true, ..web() }, vec![ep("10.0.2.5", 8080, false)])],
+            vec![(
+                ServicePort {
+                    internal_policy_local: true,
+                    ..web()
+                },
+                vec![ep("10.0.2.5", 8080, false)],
+            )],
         ),
         scenario(
             "terminating_fallback",
             d(),
-            vec![(etp_local(), vec![terminating("10.0.1.5", 8080, true), ep("10.0.2.5", 8080, false)])],
+            vec![(
+                etp_local(),
+                vec![
+                    terminating("10.0.1.5", 8080, true),
+                    ep("10.0.2.5", 8080, false),
+                ],
+            )],
         ),
         scenario(
             "no_endpoints",
             d(),
             vec![(
-                ServicePort { node_port: 30080, external_ips: vec![ip("203.0.113.7")], ..web() },
+                ServicePort {
+                    node_port: 30080,
+                    external_ips: vec![ip("203.0.113.7")],
+                    ..web()
+                },
                 vec![],
             )],
         ),
         scenario(
             "affinity",
             d(),
-            vec![(ServicePort { session_affinity: Some(SessionAffinity { timeout_seconds: 10800 }), ..web() }, two_endpoints())],
+            vec![(
+                ServicePort {
+                    session_affinity: Some(SessionAffinity {
+                        timeout_seconds: 10800,
+                    }),
+                    ..web()
+                },
+                two_endpoints(),
+            )],
         ),
         scenario(
             "ipv6",
-            ProxyOptions { local_detector: LocalDetector::Cidrs(vec![net("10.0.0.0/16"), net("fd00:10::/64")]), ..d() },
+            ProxyOptions {
+                local_detector: LocalDetector::Cidrs(vec![net("10.0.0.0/16"), net("fd00:10::/64")]),
+                ..d()
+            },
             vec![
                 (web(), two_endpoints()),
                 (
-                    ServicePort { node_port: 30081, ..port("ns1", "web6", "http", Protocol::Tcp, "fd00:30::10", 80) },
+                    ServicePort {
+                        node_port: 30081,
+                        ..port("ns1", "web6", "http", Protocol::Tcp, "fd00:30::10", 80)
+                    },
                     vec![ep("fd00:10::5", 8080, true), ep("fd00:10::6", 8080, false)],
                 ),
             ],
@@ -176,27 +288,81 @@ pub fn scenarios() -> Vec<Scenario> {
         scenario(
             "sctp",
             d(),
-            vec![(ServicePort { node_port: 30132, ..port("ns1", "sig", "", Protocol::Sctp, "172.30.0.20", 132) }, two_endpoints())],
+            vec![(
+                ServicePort {
+                    node_port: 30132,
+                    ..port("ns1", "sig", "", Protocol::Sctp, "172.30.0.20", 132)
+                },
+                two_endpoints(),
+            )],
         ),
-        scenario("udp_multiport", d(), vec![
-            (port("kube-system", "dns", "dns", Protocol::Udp, "172.30.0.53", 53), vec![ep("10.0.1.9", 53, true)]),
-            (port("kube-system", "dns", "dns-tcp", Protocol::Tcp, "172.30.0.53", 53), vec![ep("10.0.1.9", 53, true)]),
-        ]),
-        scenario("random_scheduling", ProxyOptions { scheduling: Scheduling::Random, ..d() }, vec![(web(), two_endpoints())]),
-        scenario("masquerade_all", ProxyOptions { masquerade_all: true, ..d() }, vec![(web(), two_endpoints())]),
+        scenario(
+            "udp_multiport",
+            d(),
+            vec![
+                (
+                    port(
+                        "kube-system",
+                        "dns",
+                        "dns",
+                        Protocol::Udp,
+                        "172.30.0.53",
+                        53,
+                    ),
+                    vec![ep("10.0.1.9", 53, true)],
+                ),
+                (
+                    port(
+                        "kube-system",
+                        "dns",
+                        "dns-tcp",
+                        Protocol::Tcp,
+                        "172.30.0.53",
+                        53,
+                    ),
+                    vec![ep("10.0.1.9", 53, true)],
+                ),
+            ],
+        ),
+        scenario(
+            "random_scheduling",
+            ProxyOptions {
+                scheduling: Scheduling::Random,
+                ..d()
+            },
+            vec![(web(), two_endpoints())],
+        ),
+        scenario(
+            "masquerade_all",
+            ProxyOptions {
+                masquerade_all: true,
+                ..d()
+            },
+            vec![(web(), two_endpoints())],
+        ),
         scenario(
             "detector_bridge",
-            ProxyOptions { local_detector: LocalDetector::BridgeInterface("cbr0".into()), ..d() },
+            ProxyOptions {
+                local_detector: LocalDetector::BridgeInterface("cbr0".into()),
+                ..d()
+            },
             vec![(etp_local(), two_endpoints())],
         ),
         scenario(
             "detector_interface_prefix",
-            ProxyOptions { local_detector: LocalDetector::InterfaceNamePrefix("veth".into()), ..d() },
+            ProxyOptions {
+                local_detector: LocalDetector::InterfaceNamePrefix("veth".into()),
+                ..d()
+            },
             vec![(etp_local(), two_endpoints())],
         ),
         scenario(
             "detector_none",
-            ProxyOptions { local_detector: LocalDetector::None, masquerade_bit: 0, ..d() },
+            ProxyOptions {
+                local_detector: LocalDetector::None,
+                masquerade_bit: 0,
+                ..d()
+            },
             vec![(etp_local(), two_endpoints())],
         ),
     ];
@@ -222,7 +388,12 @@ pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T 
     std::thread::spawn(move || {
         // SAFETY: unshare only changes this thread's namespace membership.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed (tests need root): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET) failed (tests need root): {}",
+            std::io::Error::last_os_error()
+        );
         f()
     })
     .join()
@@ -238,7 +409,13 @@ pub struct Recording<E> {
 impl<E> Recording<E> {
     pub fn new(inner: E) -> (Self, Arc<Mutex<Vec<String>>>) {
         let scripts = Arc::new(Mutex::new(Vec::new()));
-        (Recording { inner, scripts: scripts.clone() }, scripts)
+        (
+            Recording {
+                inner,
+                scripts: scripts.clone(),
+            },
+            scripts,
+        )
     }
 }
 
