@@ -245,7 +245,7 @@ impl Backend for NftablesBackend {
         } else {
             self.plan_partial(state, changes)
         };
-        let plans = match partial {
+        let mut plans = match partial {
             Some(plans) => plans,
             None => {
                 report.full = true;
@@ -255,8 +255,8 @@ impl Backend for NftablesBackend {
             }
         };
         let mut tx = Transaction::new();
-        for (_, planned) in &plans {
-            tx.extend(planned.tx.clone());
+        for (_, planned) in &mut plans {
+            tx.extend(std::mem::take(&mut planned.tx));
         }
         if !tx.is_empty() {
             if let Err(e) = self.exec.apply(&tx) {

@@ -233,8 +233,6 @@ impl Set {
 pub struct Element {
     /// The set or map holding the element.
     pub container: String,
-    /// Whether the container is a map.
-    pub is_map: bool,
     /// The key, one entry per component of a concatenation.
     pub key: Vec<String>,
     /// The value (for a verdict map, e.g. `goto reject-chain`).

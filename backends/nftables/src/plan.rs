@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashSet};
 
 use crate::ir::{Chain, Element, Family, Object, Rule, Set};
-use crate::names::{is_service_chain, CLUSTER_IPS, NODEPORT_IPS};
+use crate::names::is_service_chain;
 use crate::rules::table_comment;
 use crate::table::{ChainState, ElementValue, TableState};
 use crate::transaction::Transaction;
@@ -166,7 +166,6 @@ impl<'a> Planner<'a> {
         }
         let elem = |v: Option<&ElementValue>| Element {
             container: container.to_string(),
-            is_map: is_map(container),
             key: key.split(" . ").map(str::to_string).collect(),
             value: v.and_then(|v| v.value.clone()),
             comment: v.and_then(|v| v.comment.clone()),
@@ -207,11 +206,6 @@ impl<'a> Planner<'a> {
         }
         tx
     }
-}
-
-/// Whether a shared container is a map (all but the two address sets).
-pub(crate) fn is_map(container: &str) -> bool {
-    container != CLUSTER_IPS && container != NODEPORT_IPS
 }
 
 /// What a reconciliation produced.

@@ -253,7 +253,6 @@ mod tests {
         );
         let elem = Element {
             container: "no-endpoint-services".into(),
-            is_map: true,
             key: vec!["10.0.0.1".into(), "tcp".into(), "80".into()],
             value: Some("goto reject-chain".into()),
             comment: Some("ns/svc:p".into()),

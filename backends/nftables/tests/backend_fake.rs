@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use kube_proxy_model::{Backend, Changes, Protocol, ProxyState, ServicePortName};
-use kube_proxy_nftables::{FakeNft, Family, NftExecutor, NftablesBackend};
+use kube_proxy_nftables::ir::{BaseChain, Chain, ChainType, Element, Hook, Object};
+use kube_proxy_nftables::{FakeNft, Family, NftExecutor, NftablesBackend, Transaction};
 use proptest::prelude::*;
 
 fn backend(fake: &FakeNft) -> NftablesBackend {
@@ -210,6 +211,70 @@ fn a_restarted_backend_reconciles_instead_of_rebuilding() {
     assert!(script.contains("10.0.2.9"), "{script}");
     // The old endpoint chain is flushed now and deleted by the next sync.
     assert!(restarted.sync(&st, &Changes::default()).unwrap().applied);
+    assert_eq!(tables(&fake), fresh_tables(&st));
+}
+
+#[test]
+fn a_full_sync_repairs_exactly_what_was_tampered_with() {
+    let fake = FakeNft::new();
+    let mut b = backend(&fake);
+    let st = two_services();
+    b.sync(&st, &Changes::full()).unwrap();
+    let mut tamper = Transaction::new();
+    tamper.flush(Family::Ip, Object::Chain(Chain::named("services")));
+    let key = ["172.30.0.1", "tcp", "80"].map(String::from).to_vec();
+    let elem = Element {
+        container: "service-ips".into(),
+        key,
+        value: None,
+        comment: None,
+    };
+    tamper.delete(Family::Ip, Object::Element(elem));
+    fake.apply_external(&tamper).unwrap();
+
+    assert!(b.sync(&st, &Changes::full()).unwrap().applied);
+    let script = fake.applied().last().unwrap().render();
+    let lines: Vec<&str> = script.lines().collect();
+    assert_eq!(lines.len(), 4, "{script}");
+    assert_eq!(lines[0], "flush chain ip kube-proxy services");
+    assert!(lines[3].starts_with(
+        "add element ip kube-proxy service-ips { 172.30.0.1 . tcp . 80 : goto service-"
+    ));
+    assert_eq!(tables(&fake), fresh_tables(&st));
+}
+
+#[test]
+fn an_incompatible_table_is_rebuilt_in_one_transaction() {
+    let fake = FakeNft::new();
+    let mut old = Transaction::new();
+    old.add(Family::Ip, Object::Table { comment: None });
+    let base = BaseChain {
+        chain_type: ChainType::Nat,
+        hook: Hook::Output,
+        priority: 0,
+    };
+    old.add(
+        Family::Ip,
+        Object::Chain(Chain {
+            name: "nat-output".into(),
+            base: Some(base),
+            comment: None,
+        }),
+    );
+    old.add(Family::Ip, Object::Chain(Chain::named("left-over")));
+    fake.apply_external(&old).unwrap();
+
+    let st = two_services();
+    let report = backend(&fake).sync(&st, &Changes::full()).unwrap();
+    assert!(report.full && report.applied);
+    assert_eq!(fake.apply_count(), 1);
+    let script = fake.applied()[0].render();
+    assert!(
+        script.starts_with(
+            "add table ip kube-proxy\ndelete table ip kube-proxy\nadd table ip kube-proxy {"
+        ),
+        "{script}"
+    );
     assert_eq!(tables(&fake), fresh_tables(&st));
 }
 

@@ -210,3 +210,64 @@ fn partial_syncs_and_stale_chains_on_the_kernel() {
         );
     });
 }
+
+#[test]
+fn a_thousand_services_sync_partially_and_survive_a_restart() {
+    in_netns(|| {
+        let options = default_options();
+        let svc = |i: usize| kube_proxy_model::ServicePort {
+            node_port: 30000 + i as u16,
+            ..port(
+                "scale",
+                &format!("s{i}"),
+                "http",
+                Protocol::Tcp,
+                &format!("172.30.{}.{}", i / 250, i % 250 + 1),
+                80,
+            )
+        };
+        let endpoints = |i: usize, n: usize| {
+            (0..n)
+                .map(|j| {
+                    ep(
+                        &format!("10.{}.{}.{}", 1 + i / 250, i % 250, j + 1),
+                        8080,
+                        j == 0,
+                    )
+                })
+                .collect()
+        };
+        let mut st = state(node(), vec![]);
+        for i in 0..1000 {
+            insert(&mut st, svc(i), endpoints(i, 10));
+        }
+        let (mut b, scripts) = real_backend(options.clone());
+        let started = std::time::Instant::now();
+        b.sync(&st, &Changes::full()).unwrap();
+        eprintln!("full sync of 1000 x 10: {:?}", started.elapsed());
+
+        insert(&mut st, svc(500), endpoints(500, 11));
+        let one = Changes {
+            services: [svc(500).name].into(),
+            ..Changes::default()
+        };
+        let started = std::time::Instant::now();
+        assert!(b.sync(&st, &one).unwrap().applied);
+        eprintln!("partial sync of one service: {:?}", started.elapsed());
+        let script = scripts.lock().unwrap().last().unwrap().clone();
+        assert!(
+            script.lines().count() <= 8,
+            "a one-endpoint change sent:\n{script}"
+        );
+
+        let (mut restarted, restarted_scripts) = real_backend(options);
+        let started = std::time::Instant::now();
+        let report = restarted.sync(&st, &Changes::full()).unwrap();
+        eprintln!("restart read-back and reconcile: {:?}", started.elapsed());
+        assert!(
+            !report.applied,
+            "a restart sent {:?}",
+            restarted_scripts.lock().unwrap()
+        );
+    });
+}
