@@ -19,7 +19,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 
 use crate::config::{
     append_port_if_needed, ConfigError, Duration, KubeProxyConfiguration, ProxyMode, VModuleItem,
-    HEALTHZ_PORT, METRICS_PORT,
+    ValidationErrors, HEALTHZ_PORT, METRICS_PORT,
 };
 
 /// What the process was asked to do, with the configuration to do it with.
@@ -121,8 +121,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = command().try_get_matches_from(args)?;
-    let cli = Cli::from_arg_matches(&matches)?;
+    let cmd = command();
+    let args = split_empty_values(&cmd, args.into_iter().map(Into::into).collect());
+    let matches = cmd.try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    // As upstream, an empty `--config=` or `--write-config-to=` means "not given".
+    for path in [&mut cli.flags.config, &mut cli.flags.write_config_to] {
+        path.take_if(|p| p.is_empty());
+    }
     let flags = &cli.flags;
     if let Some(raw) = flags.version_request() {
         return Ok(finish(
@@ -145,6 +151,39 @@ pub fn command() -> clap::Command {
         .mut_args(|arg| arg.global(true))
         .mut_subcommands(|sub| sub.mut_args(pflag_style))
         .mut_args(pflag_style)
+}
+
+/// pflag accepts `--flag=` as an explicit empty value (`--metrics-bind-address=`
+/// disables the metrics server); clap reads it as a missing value. Splitting it into
+/// `--flag ""` gives clap the empty value explicitly.
+fn split_empty_values(cmd: &clap::Command, args: Vec<OsString>) -> Vec<OsString> {
+    let takes_value = |name: &str| {
+        cmd.get_arguments().any(|arg| {
+            arg.get_long() == Some(name)
+                && arg.get_action().takes_values()
+                && !arg.is_require_equals_set()
+        })
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    for arg in iter.by_ref() {
+        if arg == "--" {
+            out.push(arg);
+            break;
+        }
+        let flag = arg
+            .to_str()
+            .and_then(|a| a.strip_prefix("--"))
+            .and_then(|a| a.strip_suffix('='))
+            .filter(|name| !name.contains('=') && takes_value(name))
+            .map(|name| format!("--{name}"));
+        match flag {
+            Some(flag) => out.extend([OsString::from(flag), OsString::new()]),
+            None => out.push(arg),
+        }
+    }
+    out.extend(iter);
+    out
 }
 
 /// pflag hands a value-taking flag the next argument even if it starts with `-`
@@ -188,15 +227,15 @@ fn finish(
         log_format,
         kubeconfig,
         master: flags.master.clone().filter(|m| !m.is_empty()),
-        config_file: flags.config.clone(),
+        config_file: flags.config.as_ref().map(PathBuf::from),
         config,
         warnings,
     }
 }
 
 /// `--config` given: the file, defaulted, with only hostname and logging flags applied.
-fn from_file(path: &PathBuf, flags: &Flags) -> Result<KubeProxyConfiguration, CliError> {
-    let mut config = KubeProxyConfiguration::read_file(path)?;
+fn from_file(path: &str, flags: &Flags) -> Result<KubeProxyConfiguration, CliError> {
+    let mut config = KubeProxyConfiguration::read_file(std::path::Path::new(path))?;
     config.apply_defaults();
     flags.apply_logging(&mut config);
     complete(config, flags)
@@ -210,8 +249,74 @@ fn from_flags(flags: &Flags) -> Result<KubeProxyConfiguration, CliError> {
     if flags.write_config_to.is_none() {
         apply_deprecated_ports(&mut config, flags);
     }
-    complete(config, flags)
+    complete(config, flags).map_err(|err| match err {
+        CliError::Config(ConfigError::Invalid(errors)) => {
+            CliError::Config(ConfigError::Invalid(name_flags(errors)))
+        }
+        other => other,
+    })
 }
+
+/// Adds the flag that set each rejected field, so an operator who never wrote a
+/// config file sees the flag they passed.
+fn name_flags(mut errors: ValidationErrors) -> ValidationErrors {
+    for error in &mut errors.0 {
+        let field = error.field.split('[').next().unwrap_or_default();
+        if let Some((_, flag)) = FIELD_FLAGS.iter().find(|(f, _)| *f == field) {
+            error.field = format!("{} (--{flag})", error.field);
+        }
+    }
+    errors
+}
+
+/// Configuration fields and the flags that set them.
+const FIELD_FLAGS: &[(&str, &str)] = &[
+    ("bindAddress", "bind-address"),
+    ("clientConnection.burst", "kube-api-burst"),
+    ("clusterCIDR", "cluster-cidr"),
+    ("configSyncPeriod", "config-sync-period"),
+    ("conntrack.maxPerCore", "conntrack-max-per-core"),
+    ("conntrack.min", "conntrack-min"),
+    (
+        "conntrack.tcpCloseWaitTimeout",
+        "conntrack-tcp-timeout-close-wait",
+    ),
+    (
+        "conntrack.tcpEstablishedTimeout",
+        "conntrack-tcp-timeout-established",
+    ),
+    ("conntrack.udpStreamTimeout", "conntrack-udp-timeout-stream"),
+    ("conntrack.udpTimeout", "conntrack-udp-timeout"),
+    ("detectLocal.bridgeInterface", "pod-bridge-interface"),
+    (
+        "detectLocal.interfaceNamePrefix",
+        "pod-interface-name-prefix",
+    ),
+    ("detectLocalMode", "detect-local-mode"),
+    ("healthzBindAddress", "healthz-bind-address"),
+    ("iptables.masqueradeBit", "iptables-masquerade-bit"),
+    ("iptables.minSyncPeriod", "iptables-min-sync-period"),
+    ("iptables.syncPeriod", "iptables-sync-period"),
+    ("ipvs.excludeCIDRs", "ipvs-exclude-cidrs"),
+    ("ipvs.minSyncPeriod", "ipvs-min-sync-period"),
+    ("ipvs.scheduler", "ipvs-scheduler"),
+    ("ipvs.syncPeriod", "ipvs-sync-period"),
+    ("ipvs.tcpFinTimeout", "ipvs-tcpfin-timeout"),
+    ("ipvs.tcpTimeout", "ipvs-tcp-timeout"),
+    ("ipvs.udpTimeout", "ipvs-udp-timeout"),
+    ("logging.format", "logging-format"),
+    ("logging.vmodule", "vmodule"),
+    ("metricsBindAddress", "metrics-bind-address"),
+    ("mode", "proxy-mode"),
+    ("nftables.minSyncPeriod", "iptables-min-sync-period"),
+    ("nftables.syncPeriod", "iptables-sync-period"),
+    ("nodePortAddresses", "nodeport-addresses"),
+    ("oomScoreAdj", "oom-score-adj"),
+    (
+        "showHiddenMetricsForVersion",
+        "show-hidden-metrics-for-version",
+    ),
+];
 
 /// Platform defaults, `--hostname-override`, validation: the steps after either source.
 fn complete(
@@ -262,33 +367,31 @@ fn usage_error(flag: &str, message: &str) -> CliError {
 fn ignored_flags(matches: &ArgMatches) -> Vec<String> {
     const HONOURED_WITH_CONFIG: &[&str] = &[
         "config",
-        "hostname_override",
+        "hostname-override",
         "master",
         "cleanup",
-        "init_only",
-        "write_config_to",
+        "init-only",
+        "write-config-to",
         "version",
         "v",
         "vmodule",
-        "logging_format",
-        "log_flush_frequency",
-        "help",
+        "logging-format",
+        "log-flush-frequency",
     ];
-    let sub = matches.subcommand().map(|(_, m)| m);
-    let mut ignored: Vec<String> = matches
-        .ids()
-        .map(|id| id.as_str())
-        .filter(|id| !HONOURED_WITH_CONFIG.contains(id))
-        .filter(|id| {
-            let from_cli = |m: &ArgMatches| m.value_source(id) == Some(ValueSource::CommandLine);
-            from_cli(matches) || sub.is_some_and(|m| m.try_contains_id(id).is_ok() && from_cli(m))
+    // Global flags given after a subcommand are recorded in the subcommand's matches.
+    let all_matches: Vec<&ArgMatches> = std::iter::once(matches)
+        .chain(matches.subcommand().map(|(_, m)| m))
+        .collect();
+    let mut ignored: Vec<String> = command()
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_id().as_str(), arg.get_long()?)))
+        .filter(|(_, long)| !HONOURED_WITH_CONFIG.contains(long))
+        .filter(|(id, _)| {
+            all_matches
+                .iter()
+                .any(|m| m.value_source(id) == Some(ValueSource::CommandLine))
         })
-        .map(|id| {
-            format!(
-                "flag --{} is ignored because --config is given",
-                id.replace('_', "-")
-            )
-        })
+        .map(|(_, long)| format!("flag --{long} is ignored because --config is given"))
         .collect();
     ignored.sort();
     ignored
@@ -325,12 +428,10 @@ impl Cli {
                 files: m.files.clone(),
             },
             None => match &flags.write_config_to {
-                Some(path) if !path.as_os_str().is_empty() => {
-                    Command::WriteConfig { path: path.clone() }
-                }
-                _ if flags.cleanup == Some(true) => Command::Cleanup,
-                _ if flags.init_only == Some(true) => Command::InitOnly,
-                _ => Command::Daemon,
+                Some(path) => Command::WriteConfig { path: path.into() },
+                None if flags.cleanup == Some(true) => Command::Cleanup,
+                None if flags.init_only == Some(true) => Command::InitOnly,
+                None => Command::Daemon,
             },
         }
     }
@@ -361,13 +462,13 @@ struct Flags {
         value_name = "string",
         help = "The path to the configuration file."
     )]
-    config: Option<PathBuf>,
+    config: Option<String>,
     #[arg(
         long,
         value_name = "string",
         help = "If set, write the default configuration values to this file and exit."
     )]
-    write_config_to: Option<PathBuf>,
+    write_config_to: Option<String>,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = parse_bool, value_name = "bool",
           help = "If true cleanup iptables and ipvs rules and exit.")]
@@ -841,4 +942,439 @@ fn parse_vmodule(s: &str) -> Result<VModule, String> {
         })
         .collect::<Result<_, _>>()
         .map(VModule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn run(args: &str) -> Result<Invocation, CliError> {
+        parse(std::iter::once("kube-proxy").chain(args.split_whitespace()))
+    }
+
+    fn run_args(args: &[&str]) -> Result<Invocation, CliError> {
+        parse(std::iter::once("kube-proxy").chain(args.iter().copied()))
+    }
+
+    fn ok(args: &str) -> Invocation {
+        run(args).unwrap_or_else(|e| panic!("{args}: {e}"))
+    }
+
+    fn err(args: &str) -> String {
+        match run(args) {
+            Ok(inv) => panic!("{args}: expected an error, got {inv:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn config_file(body: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            file,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n{body}"
+        )
+        .unwrap();
+        file
+    }
+
+    #[test]
+    fn no_flags_gives_upstream_defaults() {
+        let inv = ok("");
+        let mut expected = KubeProxyConfiguration::defaulted();
+        expected.apply_platform_defaults();
+        assert_eq!(inv.config, expected);
+        assert_eq!(inv.command, Command::Daemon);
+        assert_eq!(inv.config.effective_mode(), ProxyMode::IpTables);
+        assert_eq!(inv.verbosity, 0);
+        assert_eq!(inv.log_format, LogFormat::Text);
+        assert_eq!(
+            (inv.kubeconfig, inv.master, inv.config_file),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn value_flags_take_equals_or_next_argument() {
+        for args in ["--proxy-mode=nftables", "--proxy-mode nftables"] {
+            assert_eq!(
+                ok(args).config.effective_mode(),
+                ProxyMode::NfTables,
+                "{args}"
+            );
+        }
+        assert_eq!(ok("--oom-score-adj -500").config.oom_score_adj, Some(-500));
+        assert_eq!(ok("--oom-score-adj=0x10").config.oom_score_adj, Some(16));
+        assert_eq!(
+            ok("--hostname-override Node1").config.hostname_override,
+            "node1"
+        );
+    }
+
+    #[test]
+    fn repeated_flag_last_value_wins() {
+        let inv = ok("--proxy-mode=ipvs --proxy-mode=nftables --iptables-masquerade-bit=3 --iptables-masquerade-bit 5");
+        assert_eq!(inv.config.mode, "nftables");
+        assert_eq!(inv.config.iptables.masquerade_bit, Some(5));
+        assert!(!ok("--masquerade-all --masquerade-all=false")
+            .config
+            .masquerade_all());
+    }
+
+    #[test]
+    fn booleans_follow_pflag() {
+        assert!(ok("--masquerade-all").config.iptables.masquerade_all);
+        for t in ["1", "t", "T", "true", "TRUE", "True"] {
+            assert!(
+                ok(&format!("--masquerade-all={t}")).config.masquerade_all(),
+                "{t}"
+            );
+        }
+        for f in ["0", "f", "F", "false", "FALSE", "False"] {
+            assert!(
+                !ok(&format!("--masquerade-all={f}")).config.masquerade_all(),
+                "{f}"
+            );
+        }
+        let inv =
+            ok("--iptables-localhost-nodeports=false --ipvs-strict-arp --conntrack-tcp-be-liberal");
+        assert_eq!(inv.config.iptables.localhost_node_ports, Some(false));
+        assert!(inv.config.ipvs.strict_arp && inv.config.conntrack.tcp_be_liberal);
+        let e = err("--masquerade-all=yes");
+        assert!(e.contains("--masquerade-all") && e.contains("yes"), "{e}");
+    }
+
+    #[test]
+    fn boolean_never_consumes_the_next_argument() {
+        // pflag leaves `false` as a stray argument, which kube-proxy rejects.
+        let e = err("--masquerade-all false");
+        assert!(e.contains("'false'"), "{e}");
+        let inv = ok("--masquerade-all --proxy-mode nftables");
+        assert!(inv.config.nftables.masquerade_all && !inv.config.iptables.masquerade_all);
+    }
+
+    #[test]
+    fn verbosity_forms() {
+        for args in ["-v=4", "-v 4", "-v4", "--v=4", "--v 4", "-v=2 --v=4"] {
+            assert_eq!(ok(args).verbosity, 4, "{args}");
+        }
+        let e = err("-v=high");
+        assert!(e.contains("high"), "{e}");
+        assert!(!err("--v=-1").is_empty());
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_accumulate() {
+        let inv = ok("--nodeport-addresses=10.0.0.0/8,primary --nodeport-addresses 192.168.0.0/16");
+        assert_eq!(
+            inv.config.node_port_addresses,
+            ["10.0.0.0/8", "primary", "192.168.0.0/16"]
+        );
+        let inv = ok("--proxy-mode=ipvs --ipvs-exclude-cidrs=10.1.0.0/16,10.2.0.0/16");
+        assert_eq!(
+            inv.config.ipvs.exclude_cidrs,
+            ["10.1.0.0/16", "10.2.0.0/16"]
+        );
+        assert!(ok("--nodeport-addresses=")
+            .config
+            .node_port_addresses
+            .is_empty());
+        let inv = ok("--feature-gates=A=true,B=false --feature-gates B=true");
+        assert_eq!(inv.config.feature_gates.get("A"), Some(&true));
+        assert_eq!(inv.config.feature_gates.get("B"), Some(&true));
+        assert!(err("--feature-gates=A").contains("--feature-gates"));
+    }
+
+    #[test]
+    fn durations_in_go_syntax() {
+        let inv = ok("--iptables-sync-period=15m --iptables-min-sync-period 500ms --config-sync-period=1h30m");
+        assert_eq!(inv.config.sync_period(), Duration::from_mins(15));
+        assert_eq!(inv.config.min_sync_period(), Duration::from_millis(500));
+        assert_eq!(inv.config.config_sync_period, Duration::from_mins(90));
+        let inv = ok("--conntrack-tcp-timeout-established=0s --conntrack-udp-timeout=30s");
+        assert_eq!(
+            inv.config.conntrack.tcp_established_timeout,
+            Some(Duration::ZERO)
+        );
+        assert_eq!(inv.config.conntrack.udp_timeout, Duration::from_secs(30));
+        let e = err("--iptables-sync-period=10");
+        assert!(
+            e.contains("--iptables-sync-period") && e.contains("10"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sync_period_flags_follow_the_mode_like_upstream() {
+        // --ipvs-* is ignored outside ipvs mode, --iptables-* inside it.
+        let inv = ok("--ipvs-sync-period=5s --iptables-sync-period=7s");
+        assert_eq!(inv.config.sync_period(), Duration::from_secs(7));
+        let inv = ok("--proxy-mode=ipvs --ipvs-sync-period=5s --iptables-sync-period=7s");
+        assert_eq!(inv.config.sync_period(), Duration::from_secs(5));
+        // Upstream seeds its single internal pair from the iptables defaults.
+        assert_eq!(inv.config.min_sync_period(), Duration::from_secs(1));
+        let inv = ok("--proxy-mode=nftables --iptables-sync-period=7s");
+        assert_eq!(inv.config.nftables.sync_period, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = err("--iptables-masquerade-bit=abc");
+        assert!(
+            e.contains("--iptables-masquerade-bit") && e.contains("abc"),
+            "{e}"
+        );
+        let e = err("--iptables-masquerade-bit=32");
+        assert!(
+            e.contains("iptables.masqueradeBit (--iptables-masquerade-bit)")
+                && e.contains("[0, 31]"),
+            "{e}"
+        );
+        let e = err("--proxy-mode=userspace");
+        assert!(e.contains("--proxy-mode") && e.contains("userspace"), "{e}");
+        let e = err("--bind-address=1.2.3");
+        assert!(e.contains("--bind-address") && e.contains("1.2.3"), "{e}");
+        let e = err("--cluster-cidr=10.0.0.0/8,10.1.0.0/16");
+        assert!(e.contains("--cluster-cidr"), "{e}");
+        let e = run_args(&["--hostname-override", " \t"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hostname-override"), "{e}");
+        assert!(err("--no-such-flag").contains("--no-such-flag"));
+    }
+
+    #[test]
+    fn deprecated_port_flags() {
+        let inv = ok("--healthz-port=0 --metrics-bind-address=10.0.0.1 --metrics-port=9999");
+        assert_eq!(inv.config.healthz_bind_address, "");
+        assert_eq!(inv.config.metrics_bind_address, "10.0.0.1:9999");
+        // A port already in the address wins, as upstream's AppendPortIfNeeded.
+        let inv = ok("--metrics-bind-address=0.0.0.0:10249 --metrics-port=1234");
+        assert_eq!(inv.config.metrics_bind_address, "0.0.0.0:10249");
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(ok("--cleanup").command, Command::Cleanup);
+        assert_eq!(ok("--cleanup=false").command, Command::Daemon);
+        assert_eq!(ok("--init-only").command, Command::InitOnly);
+        assert_eq!(
+            ok("--cleanup --write-config-to /tmp/x.yaml").command,
+            Command::WriteConfig {
+                path: "/tmp/x.yaml".into()
+            }
+        );
+        assert_eq!(ok("--version").command, Command::Version { raw: false });
+        assert_eq!(ok("--version=raw").command, Command::Version { raw: true });
+        assert_eq!(ok("--version=false").command, Command::Daemon);
+        let inv = ok("render -f a.yaml --filename dir/ --proxy-mode nftables");
+        assert_eq!(
+            inv.command,
+            Command::Render {
+                files: vec!["a.yaml".into(), "dir/".into()]
+            }
+        );
+        assert_eq!(inv.config.effective_mode(), ProxyMode::NfTables);
+        let inv = ok("--masquerade-all apply -f x.yaml");
+        assert_eq!(
+            inv.command,
+            Command::Apply {
+                files: vec!["x.yaml".into()]
+            }
+        );
+        assert!(inv.config.masquerade_all());
+        assert!(err("render").contains("--filename"));
+    }
+
+    #[test]
+    fn help_lists_upstream_flags() {
+        let e = run("--help").unwrap_err();
+        assert!(e.is_help());
+        assert_eq!(e.exit_code(), 0);
+        let help = e.to_string();
+        for flag in [
+            "--proxy-mode",
+            "--masquerade-all",
+            "--conntrack-tcp-timeout-close-wait",
+            "--write-config-to",
+            "-v, --v",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from help:\n{help}");
+        }
+        assert!(!run("--bogus").unwrap_err().is_help());
+    }
+
+    #[test]
+    fn config_file_wins_over_flags_except_hostname_and_logging() {
+        let file = config_file(
+            "mode: nftables\nhostnameOverride: from-file\nclusterCIDR: 10.244.0.0/16\n",
+        );
+        let path = file.path().display();
+        let inv = ok(&format!(
+            "--config={path} --proxy-mode=ipvs --masquerade-all --cluster-cidr=10.0.0.0/8 --hostname-override=From-Flag -v=5 --master=https://api:6443"
+        ));
+        assert_eq!(inv.config.effective_mode(), ProxyMode::NfTables);
+        assert!(!inv.config.masquerade_all());
+        assert_eq!(inv.config.cluster_cidr, "10.244.0.0/16");
+        assert_eq!(inv.config.hostname_override, "from-flag");
+        assert_eq!(inv.verbosity, 5);
+        assert_eq!(inv.master.as_deref(), Some("https://api:6443"));
+        assert_eq!(inv.config_file.as_deref(), Some(file.path()));
+        assert_eq!(
+            inv.warnings,
+            [
+                "flag --cluster-cidr is ignored because --config is given",
+                "flag --masquerade-all is ignored because --config is given",
+                "flag --proxy-mode is ignored because --config is given",
+            ]
+        );
+        // Without the override flag the file's name is used as written.
+        let inv = ok(&format!("--config {path}"));
+        assert_eq!(inv.config.hostname_override, "from-file");
+        assert!(inv.warnings.is_empty());
+    }
+
+    #[test]
+    fn config_file_is_defaulted_and_resolved() {
+        let file =
+            config_file("mode: nftables\nnftables:\n  masqueradeAll: true\n  syncPeriod: 45s\n");
+        let inv = ok(&format!("--config {}", file.path().display()));
+        assert!(inv.config.masquerade_all());
+        assert_eq!(inv.config.sync_period(), Duration::from_secs(45));
+        assert_eq!(inv.config.min_sync_period(), Duration::from_secs(1));
+        assert_eq!(inv.config.node_port_addresses, ["primary"]);
+        assert_eq!(inv.config.detect_local_mode, "ClusterCIDR");
+    }
+
+    #[test]
+    fn config_file_typo_names_field_and_file() {
+        let file = config_file("iptables:\n  masqueradeBitt: 14\n");
+        let e = err(&format!("--config {}", file.path().display()));
+        assert!(
+            e.contains("unknown field \"iptables.masqueradeBitt\""),
+            "{e}"
+        );
+        assert!(e.contains(&file.path().display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn config_file_validation_names_field() {
+        let file = config_file("iptables:\n  masqueradeBit: 40\n");
+        let e = err(&format!("--config {}", file.path().display()));
+        assert!(
+            e.contains("iptables.masqueradeBit: Invalid value: 40"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("(--"),
+            "file errors name fields, not flags: {e}"
+        );
+        let e = err("--config /nonexistent/kube-proxy.yaml");
+        assert!(e.contains("/nonexistent/kube-proxy.yaml"), "{e}");
+    }
+
+    #[test]
+    fn empty_values_are_explicit() {
+        assert_eq!(ok("--config= --proxy-mode=ipvs").config.mode, "ipvs");
+        let inv = ok("--metrics-bind-address= --healthz-bind-address=");
+        assert_eq!(inv.config.metrics_bind_address, "");
+        assert_eq!(inv.config.healthz_bind_address, "");
+        let inv = run_args(&["--metrics-bind-address", ""]).unwrap();
+        assert_eq!(inv.config.metrics_bind_address, "");
+        // Everything after `--` is left alone (and rejected: no positional arguments).
+        assert!(run_args(&["--", "--config="]).is_err());
+    }
+
+    #[test]
+    fn write_config_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("written.yaml");
+        let inv = ok(&format!(
+            "--write-config-to={} --proxy-mode=nftables --masquerade-all --cluster-cidr=10.244.0.0/16,fd00::/48 --nodeport-addresses=10.0.0.0/8 --iptables-sync-period=1m -v=3 --feature-gates=Foo=true",
+            out.display()
+        ));
+        assert_eq!(inv.command, Command::WriteConfig { path: out.clone() });
+        inv.config.write_file(&out).unwrap();
+        let reread = ok(&format!("--config={}", out.display()));
+        assert_eq!(reread.config, inv.config);
+        assert_eq!(reread.verbosity, 3);
+    }
+
+    #[test]
+    fn upstream_written_config_loads() {
+        // The shape `kube-proxy --write-config-to` of upstream v1.33 produces.
+        let file = config_file(UPSTREAM_WRITTEN);
+        let inv = ok(&format!("--config {}", file.path().display()));
+        let mut expected = KubeProxyConfiguration::defaulted();
+        expected.apply_platform_defaults();
+        expected.logging.flush_frequency = Duration::from_secs(5);
+        assert_eq!(inv.config, expected);
+    }
+
+    const UPSTREAM_WRITTEN: &str = r#"bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 10
+  contentType: application/vnd.kubernetes.protobuf
+  kubeconfig: ""
+  qps: 5
+clusterCIDR: ""
+configSyncPeriod: 15m0s
+conntrack:
+  maxPerCore: 32768
+  min: 131072
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: 1h0m0s
+  tcpEstablishedTimeout: 24h0m0s
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: ""
+  interfaceNamePrefix: ""
+detectLocalMode: ClusterCIDR
+enableProfiling: false
+healthzBindAddress: 0.0.0.0:10256
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: true
+  masqueradeAll: false
+  masqueradeBit: 14
+  minSyncPeriod: 1s
+  syncPeriod: 30s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 30s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+    text:
+      infoBufferSize: "0"
+  verbosity: 0
+metricsBindAddress: 127.0.0.1:10249
+mode: iptables
+nftables:
+  masqueradeAll: false
+  masqueradeBit: 14
+  minSyncPeriod: 1s
+  syncPeriod: 30s
+nodePortAddresses: null
+oomScoreAdj: -999
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: ""
+  rootHnsEndpointName: ""
+  sourceVip: ""
+"#;
 }
