@@ -59,7 +59,7 @@ pub fn parse_table(text: &str) -> Result<TableState, ParseError> {
                     let body = collect_braced(rest, &mut lines)
                         .ok_or_else(|| fail("unterminated elements"))?;
                     if !set.def.is_dynamic() {
-                        set.elements = parse_elements(&body).map_err(|m| fail(&m))?;
+                        set.elements = parse_elements(&body);
                     }
                 } else {
                     set_line(&mut set.def, line).map_err(|m| fail(&m))?;
@@ -243,7 +243,7 @@ fn closing_brace(s: &str) -> Option<usize> {
 }
 
 /// `k1 . k2 comment "c" : v, k3 ...`
-fn parse_elements(body: &str) -> Result<BTreeMap<String, ElementValue>, String> {
+fn parse_elements(body: &str) -> BTreeMap<String, ElementValue> {
     let mut out = BTreeMap::new();
     for item in split_outside_quotes(body, ',') {
         let item = item.trim();
@@ -260,7 +260,7 @@ fn parse_elements(body: &str) -> Result<BTreeMap<String, ElementValue>, String> 
         };
         out.insert(key.trim().to_string(), ElementValue { value, comment });
     }
-    Ok(out)
+    out
 }
 
 fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {

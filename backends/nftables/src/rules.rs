@@ -10,7 +10,13 @@ use kube_proxy_model::{Endpoint, IpFamily, LocalDetector, ProxyOptions, Scheduli
 
 use crate::addresses::NodePortIps;
 use crate::ir::{rule_text, BaseChain, ChainType, Family, Hook, Set, SetFlag};
-use crate::names::*;
+use crate::names::{
+    EndpointNames, ServiceChains, CLUSTER_IPS, CLUSTER_IPS_CHECK, FILTER_FORWARD, FILTER_INPUT,
+    FILTER_OUTPUT, FILTER_OUTPUT_POST_DNAT, FILTER_PREROUTING, FIREWALL_CHECK, FIREWALL_IPS,
+    MARK_MASQ, MASQUERADING, NAT_OUTPUT, NAT_POSTROUTING, NAT_PREROUTING, NODEPORT_ENDPOINTS_CHECK,
+    NODEPORT_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, REJECT_CHAIN, SERVICES,
+    SERVICE_ENDPOINTS_CHECK, SERVICE_IPS, SERVICE_NODEPORTS,
+};
 use crate::table::{ChainState, ElementValue, SetState, TableState};
 
 /// Everything the rules of one family depend on besides the services themselves.

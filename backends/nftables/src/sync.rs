@@ -122,7 +122,7 @@ impl ServiceIndex {
                 .get(name)
                 .map(|e| service_fragment(ctx, e))
                 .unwrap_or_default();
-            self.plan_objects(&mut planner, &old, &fragment)?;
+            plan_objects(&mut planner, &old, &fragment)?;
             for (container, key) in old.elements {
                 self.owners.remove(container, &key, name);
                 touched.insert((container, key));
@@ -142,25 +142,25 @@ impl ServiceIndex {
         }
         Ok(planner)
     }
+}
 
-    fn plan_objects(
-        &self,
-        planner: &mut Planner,
-        old: &Footprint,
-        new: &Fragment,
-    ) -> Result<(), Incompatible> {
-        let sets: BTreeSet<&String> = old
-            .sets
-            .iter()
-            .chain(new.sets.iter().map(|s| &s.name))
-            .collect();
-        for name in sets {
-            planner.set(name, new.sets.iter().find(|s| &s.name == name))?;
-        }
-        let chains: BTreeSet<&String> = old.chains.iter().chain(new.chains.keys()).collect();
-        for name in chains {
-            planner.chain(name, new.chains.get(name))?;
-        }
-        Ok(())
+/// Plans the chains and sets of one service port: what it had and what it needs now.
+fn plan_objects(
+    planner: &mut Planner,
+    old: &Footprint,
+    new: &Fragment,
+) -> Result<(), Incompatible> {
+    let sets: BTreeSet<&String> = old
+        .sets
+        .iter()
+        .chain(new.sets.iter().map(|s| &s.name))
+        .collect();
+    for name in sets {
+        planner.set(name, new.sets.iter().find(|s| &s.name == name))?;
     }
+    let chains: BTreeSet<&String> = old.chains.iter().chain(new.chains.keys()).collect();
+    for name in chains {
+        planner.chain(name, new.chains.get(name))?;
+    }
+    Ok(())
 }

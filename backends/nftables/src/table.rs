@@ -75,7 +75,7 @@ impl Ruleset {
 
     fn apply_op(&mut self, op: &Op, strict: bool) -> Result<(), ModelError> {
         if let Object::Table { comment } = &op.object {
-            return self.apply_table(op.family, op.verb, comment);
+            return self.apply_table(op.family, op.verb, comment.as_ref());
         }
         let table = self.tables.get_mut(&op.family).ok_or_else(|| {
             err(format!(
@@ -90,14 +90,14 @@ impl Ruleset {
         &mut self,
         family: Family,
         verb: Verb,
-        comment: &Option<String>,
+        comment: Option<&String>,
     ) -> Result<(), ModelError> {
         let exists = self.tables.contains_key(&family);
         match verb {
-            Verb::Add | Verb::Create if exists && verb == Verb::Create => Err(err("table exists")),
+            Verb::Create if exists => Err(err("table exists")),
             Verb::Add | Verb::Create => {
                 self.tables.entry(family).or_insert_with(|| TableState {
-                    comment: comment.clone(),
+                    comment: comment.cloned(),
                     ..TableState::default()
                 });
                 Ok(())
