@@ -102,10 +102,8 @@ impl CliError {
     /// Prints the message (help to stdout, errors to stderr) and exits.
     pub fn exit(&self) -> ! {
         match self {
-            CliError::Usage(e) if self.is_help() => {
-                let _ = e.print();
-            }
             CliError::Usage(e) => {
+                // clap picks the stream; a closed stdout is no reason to panic.
                 let _ = e.print();
             }
             CliError::Config(e) => eprintln!("Error: {e}"),
@@ -138,10 +136,11 @@ where
             Vec::new(),
         ));
     }
-    let (config, warnings) = match &flags.config {
+    let (config, mut warnings) = match &flags.config {
         Some(path) => (from_file(path, flags)?, ignored_flags(&matches)),
         None => (from_flags(flags)?, Vec::new()),
     };
+    warnings.extend(flags.deprecation_warnings());
     Ok(finish(cli.action(), config, flags, warnings))
 }
 
@@ -377,6 +376,10 @@ fn ignored_flags(matches: &ArgMatches) -> Vec<String> {
         "vmodule",
         "logging-format",
         "log-flush-frequency",
+        "log-text-split-stream",
+        "log-text-info-buffer-size",
+        "log-json-split-stream",
+        "log-json-info-buffer-size",
     ];
     // Global flags given after a subcommand are recorded in the subcommand's matches.
     let all_matches: Vec<&ArgMatches> = std::iter::once(matches)
@@ -667,6 +670,20 @@ struct Flags {
           help = "Maximum number of seconds between log flushes (default 5s)")]
     log_flush_frequency: Option<Duration>,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "[Alpha] In text format, write error messages to stderr and info messages to stdout. The default is to write a single stream to stdout.")]
+    log_text_split_stream: Option<bool>,
+    #[arg(long, value_name = "quantity", value_parser = parse_quantity,
+          help = "[Alpha] In text format with split output streams, the info messages can be buffered for a while to increase performance. The default value of zero bytes disables buffering. The size can be specified as number of bytes (512), multiples of 1000 (1K), multiples of 1024 (2Ki), or powers of those (3M, 4G, 5Mi, 6Gi).")]
+    log_text_info_buffer_size: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = parse_bool, value_name = "bool",
+          help = "[Beta] In JSON format, write error messages to stderr and info messages to stdout. The default is to write a single stream to stdout.")]
+    log_json_split_stream: Option<bool>,
+    #[arg(long, value_name = "quantity", value_parser = parse_quantity,
+          help = "[Beta] In JSON format with split output streams, the info messages can be buffered for a while to increase performance. The default value of zero bytes disables buffering. The size can be specified as number of bytes (512), multiples of 1000 (1K), multiples of 1024 (2Ki), or powers of those (3M, 4G, 5Mi, 6Gi).")]
+    log_json_info_buffer_size: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_name = "version[=true|raw]",
           help = "--version, --version=raw prints version information and quits")]
     version: Option<String>,
@@ -681,6 +698,29 @@ impl Flags {
             Some("raw") => Some(true),
             Some(v) => parse_bool(v).ok().filter(|b| *b).map(|_| false),
         }
+    }
+
+    /// pflag's notices for deprecated flags that were used.
+    fn deprecation_warnings(&self) -> Vec<String> {
+        let deprecated = [
+            (
+                self.healthz_port.is_some(),
+                "healthz-port",
+                "healthz-bind-address",
+            ),
+            (
+                self.metrics_port.is_some(),
+                "metrics-port",
+                "metrics-bind-address",
+            ),
+        ];
+        deprecated
+            .into_iter()
+            .filter(|(used, _, _)| *used)
+            .map(|(_, flag, instead)| {
+                format!("flag --{flag} has been deprecated, This flag is deprecated and will be removed in a future release. Please use --{instead} instead.")
+            })
+            .collect()
     }
 
     /// Applies the flags that map onto the configuration (only without `--config`).
@@ -792,6 +832,12 @@ impl Flags {
         set(&mut logging.flush_frequency, &self.log_flush_frequency);
         let from_flags = self.vmodule.iter().flat_map(|v| v.0.iter().cloned());
         logging.vmodule.splice(0..0, from_flags);
+        let text = &mut logging.options.text;
+        set(&mut text.split_stream, &self.log_text_split_stream);
+        set(&mut text.info_buffer_size, &self.log_text_info_buffer_size);
+        let json = &mut logging.options.json;
+        set(&mut json.split_stream, &self.log_json_split_stream);
+        set(&mut json.info_buffer_size, &self.log_json_info_buffer_size);
     }
 }
 
@@ -872,6 +918,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_level(s: &str) -> Result<u32, String> {
     let level = parse_int32(s)?;
     u32::try_from(level).map_err(|_| format!("{s:?}: the verbosity level must not be negative"))
+}
+
+/// A byte quantity as Kubernetes writes it: `512`, `1K`, `2Ki`, `1.5M`, `6Gi`.
+fn parse_quantity(s: &str) -> Result<String, String> {
+    const SUFFIXES: &[&str] = &[
+        "", "k", "K", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    let number_len = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_len);
+    if number.parse::<f64>().is_ok() && SUFFIXES.contains(&suffix) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a valid quantity (e.g. 512, 1K, 2Ki, 5Mi)"
+        ))
+    }
 }
 
 /// `--bind-address`: an IP (empty clears it, for validation to report).
@@ -1151,6 +1215,40 @@ mod tests {
         // A port already in the address wins, as upstream's AppendPortIfNeeded.
         let inv = ok("--metrics-bind-address=0.0.0.0:10249 --metrics-port=1234");
         assert_eq!(inv.config.metrics_bind_address, "0.0.0.0:10249");
+    }
+
+    #[test]
+    fn deprecated_flags_warn() {
+        let inv = ok("--healthz-port=10256");
+        assert_eq!(inv.warnings.len(), 1);
+        assert!(
+            inv.warnings[0].contains("--healthz-bind-address"),
+            "{:?}",
+            inv.warnings
+        );
+    }
+
+    #[test]
+    fn logging_flags() {
+        let inv = ok("--logging-format=json --log-json-split-stream --log-json-info-buffer-size=1Mi --log-flush-frequency=2s");
+        assert_eq!(inv.log_format, LogFormat::Json);
+        let logging = &inv.config.logging;
+        assert!(logging.options.json.split_stream);
+        assert_eq!(logging.options.json.info_buffer_size, "1Mi");
+        assert_eq!(logging.flush_frequency, Duration::from_secs(2));
+        let inv = ok("--vmodule=proxier=5,sync*=3 --vmodule=x=1");
+        let patterns: Vec<_> = inv
+            .config
+            .logging
+            .vmodule
+            .iter()
+            .map(|v| (v.file_pattern.as_str(), v.verbosity))
+            .collect();
+        assert_eq!(patterns, [("proxier", 5), ("sync*", 3), ("x", 1)]);
+        // vmodule only works with text: upstream rejects the combination.
+        assert!(err("--logging-format=json --vmodule=a=1").contains("vmodule"));
+        assert!(err("--logging-format=xml").contains("--logging-format"));
+        assert!(err("--log-text-info-buffer-size=lots").contains("lots"));
     }
 
     #[test]

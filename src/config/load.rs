@@ -104,12 +104,16 @@ fn describe(path: &str, message: &str) -> String {
     ] {
         if let Some(rest) = message.strip_prefix(prefix) {
             if let Some((name, tail)) = rest.split_once('`') {
-                let hint = tail.trim_start_matches(',').trim();
+                let (hint, location) = match tail.find(" at line ") {
+                    Some(at) => tail.split_at(at),
+                    None => (tail, ""),
+                };
+                let hint = hint.trim_start_matches(',').trim();
                 let full = join(name);
                 return if hint.is_empty() {
-                    format!("{what} {full:?}")
+                    format!("{what} {full:?}{location}")
                 } else {
-                    format!("{what} {full:?} ({hint})")
+                    format!("{what} {full:?}{location} ({hint})")
                 };
             }
         }

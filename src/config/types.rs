@@ -20,7 +20,7 @@ pub const KIND: &str = "KubeProxyConfiguration";
 
 /// Everything kube-proxy is configured with, flags and file alike.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct KubeProxyConfiguration {
     /// Always [`API_VERSION`]; checked on load.
     pub api_version: String,
@@ -106,7 +106,7 @@ pub struct KubeProxyConfiguration {
 
 /// `clientConnection` (component-base `ClientConnectionConfiguration`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ClientConnectionConfiguration {
     /// `Accept` header for API requests; empty means the client's default.
     #[serde(default)]
@@ -127,7 +127,7 @@ pub struct ClientConnectionConfiguration {
 
 /// `conntrack`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct ConntrackConfiguration {
     /// `--conntrack-max-per-core`; 0 leaves `nf_conntrack_max` alone.
     #[serde(default)]
@@ -154,7 +154,7 @@ pub struct ConntrackConfiguration {
 
 /// `detectLocal`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct DetectLocalConfiguration {
     /// `--pod-bridge-interface`.
     #[serde(default)]
@@ -166,7 +166,7 @@ pub struct DetectLocalConfiguration {
 
 /// `iptables`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct IpTablesConfiguration {
     /// `--iptables-localhost-nodeports`.
     #[serde(default)]
@@ -194,7 +194,7 @@ pub struct IpTablesConfiguration {
 
 /// `ipvs`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct IpvsConfiguration {
     /// `--ipvs-exclude-cidrs`.
     #[serde(default, rename = "excludeCIDRs", deserialize_with = "null_as_default")]
@@ -224,7 +224,7 @@ pub struct IpvsConfiguration {
 
 /// `nftables`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct NfTablesConfiguration {
     /// `--masquerade-all` in nftables mode.
     #[serde(default)]
@@ -242,7 +242,7 @@ pub struct NfTablesConfiguration {
 
 /// `winkernel`: Windows-only, accepted so shared files load on Linux.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct WinkernelConfiguration {
     /// Create HNS policies with DSR.
     #[serde(default, rename = "enableDSR")]
@@ -263,7 +263,7 @@ pub struct WinkernelConfiguration {
 
 /// `logging` (component-base `LoggingConfiguration`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct LoggingConfiguration {
     /// `--log-flush-frequency`: a duration string or integer nanoseconds.
     #[serde(default, deserialize_with = "duration_or_nanos")]
@@ -288,7 +288,7 @@ pub struct LoggingConfiguration {
 
 /// One `--vmodule` entry: a file pattern and its verbosity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct VModuleItem {
     /// A glob on the source file name (without `.go`/`.rs`).
     pub file_pattern: String,
@@ -298,7 +298,7 @@ pub struct VModuleItem {
 
 /// `logging.options`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct LoggingOptions {
     /// Options of the `json` format.
     #[serde(default)]
@@ -310,7 +310,7 @@ pub struct LoggingOptions {
 
 /// `logging.options.text` and `logging.options.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a mapping")]
 pub struct FormatOptions {
     /// Buffer size for info messages when split; a Kubernetes quantity (`0`, `1Mi`).
     #[serde(default, deserialize_with = "quantity")]

@@ -321,11 +321,18 @@ fn validate_logging(errs: &mut Errors, logging: &LoggingConfiguration) {
     match logging.format.as_str() {
         "text" | "" => {}
         "json" if logging.vmodule.is_empty() => {}
-        "json" => errs.add(
-            "logging.vmodule",
-            "[...]",
-            "only supported for text log format",
-        ),
+        "json" => {
+            let vmodule: Vec<String> = logging
+                .vmodule
+                .iter()
+                .map(|v| format!("{}={}", v.file_pattern, v.verbosity))
+                .collect();
+            errs.add(
+                "logging.vmodule",
+                quoted(&vmodule.join(",")),
+                "only supported for text log format",
+            )
+        }
         other => errs.add(
             "logging.format",
             quoted(other),
