@@ -24,6 +24,8 @@ pub struct NftablesBackend {
     options: ProxyOptions,
     exec: Box<dyn NftExecutor>,
     addresses: Box<dyn AddressSource>,
+    /// The families programmed (both unless the kernel lacks IPv6 nf_tables).
+    families: Vec<Family>,
     /// What the kernel holds, as far as this backend knows; `None` until read back.
     kernel: Option<Ruleset>,
     index: BTreeMap<Family, ServiceIndex>,
@@ -35,15 +37,30 @@ pub struct NftablesBackend {
 }
 
 impl NftablesBackend {
-    /// A backend that runs the `nft` binary. Fails when nft cannot list our table (not
-    /// installed, no permission, no nf_tables in the kernel).
+    /// A backend that runs the `nft` binary. Fails when the options are invalid or the
+    /// kernel would not accept our IPv4 table (nft missing, no permission, no nf_tables);
+    /// without IPv6 nf_tables support it programs IPv4 only, as upstream does.
     pub fn new(options: ProxyOptions) -> Result<Self, BackendError> {
-        let mut nft = NftCommand::new();
-        nft.probe().map_err(|e| BackendError::Unavailable {
-            mode: MODE,
-            message: e.to_string(),
-        })?;
-        Ok(Self::with_executor(options, nft))
+        validate(&options)?;
+        let nft = NftCommand::new();
+        let mut families = Vec::new();
+        for family in Family::ALL {
+            let mut probe = Transaction::new();
+            probe.add(family, Object::Table { comment: None });
+            match nft.check(&probe) {
+                Ok(()) => families.push(family),
+                Err(e) if family == Family::Ip => {
+                    return Err(BackendError::Unavailable {
+                        mode: MODE,
+                        message: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no IPv6 nftables support; proxying IPv4 only")
+                }
+            }
+        }
+        Ok(Self::with_executor(options, nft).with_families(&families))
     }
 
     /// A backend over any executor (the fake in tests).
@@ -52,6 +69,7 @@ impl NftablesBackend {
             options,
             exec: Box::new(exec),
             addresses: Box::new(SystemAddresses),
+            families: Family::ALL.to_vec(),
             kernel: None,
             index: BTreeMap::new(),
             stale: BTreeMap::new(),
@@ -63,6 +81,12 @@ impl NftablesBackend {
     /// Takes the node's interface addresses (for `nodePortAddresses`) from `source`.
     pub fn with_address_source(mut self, source: impl AddressSource + 'static) -> Self {
         self.addresses = Box::new(source);
+        self
+    }
+
+    /// Programs only `families` (and leaves the other family's table alone).
+    pub fn with_families(mut self, families: &[Family]) -> Self {
+        self.families = families.to_vec();
         self
     }
 
@@ -98,13 +122,13 @@ impl NftablesBackend {
         state: &ProxyState,
     ) -> Result<(Ruleset, Vec<(Family, Planned)>), BackendError> {
         let mut kernel = Ruleset::default();
-        for family in Family::ALL {
+        for &family in &self.families {
             if let Some(t) = self.exec.read_table(family).map_err(read_error)? {
                 kernel.tables.insert(family, t);
             }
         }
         let mut plans = Vec::new();
-        for family in Family::ALL {
+        for &family in &self.families {
             let ctx = self.context(state, family);
             let mut desired = self.skeleton(&ctx, state);
             let index =
@@ -126,7 +150,7 @@ impl NftablesBackend {
     ) -> Option<Vec<(Family, Planned)>> {
         let kernel = self.kernel.as_ref()?;
         let mut plans = Vec::new();
-        for family in Family::ALL {
+        for &family in &self.families {
             let ctx = Context::new(&self.options, family, state.node.ip(model_family(family)));
             let table = kernel.tables.get(&family)?;
             let index = self.index.get_mut(&family)?;
@@ -209,10 +233,27 @@ impl NftablesBackend {
 }
 
 fn read_error(e: ExecError) -> BackendError {
-    BackendError::Apply {
-        mode: MODE,
-        message: format!("reading back the kube-proxy tables: {e}"),
+    match e {
+        ExecError::Io { source, .. } => BackendError::Io { mode: MODE, source },
+        other => BackendError::Apply {
+            mode: MODE,
+            message: format!("reading back the kube-proxy tables: {other}"),
+        },
     }
+}
+
+/// Rejects options no kube-proxy would start with, before they reach a rule.
+fn validate(options: &ProxyOptions) -> Result<(), BackendError> {
+    if options.masquerade_bit > 31 {
+        return Err(BackendError::Unavailable {
+            mode: MODE,
+            message: format!(
+                "masqueradeBit {} is out of range 0..=31",
+                options.masquerade_bit
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn apply_error(e: ExecError) -> BackendError {
@@ -231,6 +272,7 @@ impl Backend for NftablesBackend {
     }
 
     fn sync(&mut self, state: &ProxyState, changes: &Changes) -> Result<SyncReport, BackendError> {
+        validate(&self.options)?;
         let mut report = SyncReport {
             full: changes.full || self.needs_full || self.kernel.is_none(),
             applied: false,
@@ -277,8 +319,9 @@ impl Backend for NftablesBackend {
     }
 
     fn render(&self, state: &ProxyState) -> Result<String, BackendError> {
+        validate(&self.options)?;
         let mut tx = Transaction::new();
-        for family in Family::ALL {
+        for &family in &self.families {
             let ctx = self.context(state, family);
             let mut desired = self.skeleton(&ctx, state);
             ServiceIndex::rebuild(&ctx, state.services(model_family(family)), &mut desired);
@@ -289,7 +332,7 @@ impl Backend for NftablesBackend {
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
         let mut tx = Transaction::new();
-        for family in Family::ALL {
+        for &family in &self.families {
             tx.destroy(family, Object::Table { comment: None });
         }
         self.kernel = None;

@@ -65,9 +65,10 @@ impl NftCommand {
         }
     }
 
-    /// Checks that nft runs and can talk to the kernel, by listing our IPv4 table.
-    pub fn probe(&mut self) -> Result<(), ExecError> {
-        self.read_table(Family::Ip).map(|_| ())
+    /// Asks the kernel whether it would accept `tx` (`nft -c`), changing nothing.
+    pub fn check(&self, tx: &Transaction) -> Result<(), ExecError> {
+        let out = self.run(&["-c", "-f", "-"], Some(&tx.render()))?;
+        refused_unless_success(&out)
     }
 
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, ExecError> {
@@ -118,5 +119,15 @@ impl NftExecutor for NftCommand {
         } else {
             Err(ExecError::Refused(stderr.trim().to_string()))
         }
+    }
+}
+
+fn refused_unless_success(out: &std::process::Output) -> Result<(), ExecError> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ExecError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }

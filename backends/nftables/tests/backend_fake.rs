@@ -346,6 +346,30 @@ fn cleanup_removes_both_tables_and_only_them() {
     assert!(probe.read_table(Family::Ip).unwrap().is_none());
 }
 
+#[test]
+fn invalid_options_are_an_error_not_a_panic() {
+    let fake = FakeNft::new();
+    let options = kube_proxy_model::ProxyOptions {
+        masquerade_bit: 40,
+        ..default_options()
+    };
+    let mut b = NftablesBackend::with_executor(options, fake.clone());
+    let err = b.sync(&two_services(), &Changes::full()).unwrap_err();
+    assert!(err.to_string().contains("masqueradeBit 40"), "{err}");
+    assert!(b.render(&two_services()).is_err());
+    assert_eq!(fake.apply_count(), 0);
+}
+
+#[test]
+fn a_single_family_backend_leaves_the_other_table_alone() {
+    let fake = FakeNft::new();
+    let mut b = backend(&fake).with_families(&[Family::Ip]);
+    b.sync(&two_services(), &Changes::full()).unwrap();
+    assert!(fake.table(Family::Ip).is_some());
+    assert!(fake.table(Family::Ip6).is_none());
+    assert!(!b.render(&two_services()).unwrap().contains("ip6"));
+}
+
 /// A random edit of one service port.
 #[derive(Debug, Clone)]
 enum Edit {

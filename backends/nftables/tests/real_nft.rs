@@ -132,6 +132,26 @@ fn every_scenario_reads_back_as_modelled_and_a_restart_sends_nothing() {
 }
 
 #[test]
+fn the_nft_backend_probes_the_kernel_and_syncs() {
+    in_netns(|| {
+        let mut b = NftablesBackend::new(default_options()).unwrap();
+        let st = state(
+            node(),
+            vec![(
+                port("ns1", "web", "http", Protocol::Tcp, "172.30.0.10", 80),
+                vec![ep("10.0.1.5", 8080, true)],
+            )],
+        );
+        assert!(b.sync(&st, &Changes::full()).unwrap().applied);
+        let v4 = read_back()[0].clone().unwrap();
+        assert!(v4.sets["service-ips"]
+            .elements
+            .contains_key("172.30.0.10 . tcp . 80"));
+        assert!(read_back()[1].is_some(), "IPv6 table programmed too");
+    });
+}
+
+#[test]
 fn partial_syncs_and_stale_chains_on_the_kernel() {
     in_netns(|| {
         // Someone else's table, which must survive everything below.
