@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::netns::{
-    self, probe, Answer, Netns, Outcome, Proto, TcpConversation, Topology, CLIENT_IP, CLUSTER_CIDR,
-    LOCAL_POD_CIDR, LOCAL_POD_GATEWAY, NODE_IP, NODE_NAME, OTHER_CLIENT_IP, POD_PORT,
-    REMOTE_NODE_IP, REMOTE_NODE_NAME, REMOTE_POD_CIDR,
+    self, probe, Answer, Netns, Outcome, Proto, TcpConversation, Topology, UdpFlow, CLIENT_IP,
+    CLUSTER_CIDR, LOCAL_POD_CIDR, NODE_IP, NODE_NAME, OTHER_CLIENT_IP, POD_PORT, REMOTE_NODE_IP,
+    REMOTE_NODE_NAME, REMOTE_POD_CIDR,
 };
 
 /// Every service exposes this port, TCP and UDP, towards the pods' [`POD_PORT`].
@@ -362,10 +362,28 @@ impl Cluster {
         IpAddr::V4(self.topology.pod(pod).ip)
     }
 
-    /// `count` requests, each a new flow, from `origin` to `target`.
-    fn send(&self, origin: Origin, proto: Proto, target: SocketAddr, count: usize) -> Vec<Outcome> {
+    /// Up to `count` requests, each a new flow, from `origin` to `target`.
+    /// Stops after the first outcome `acceptable` refuses, so a broken path
+    /// costs one timeout rather than `count`.
+    fn send(
+        &self,
+        (origin, proto, target): (Origin, Proto, SocketAddr),
+        count: usize,
+        acceptable: impl Fn(&Outcome) -> bool + Sync,
+    ) -> Vec<Outcome> {
         let (ns, source) = self.origin(origin);
-        ns.enter(|| (0..count).map(|_| probe(proto, source, target)).collect())
+        ns.enter(|| {
+            let mut outcomes = Vec::with_capacity(count);
+            while outcomes.len() < count {
+                let outcome = probe(proto, source, target);
+                let stop = !acceptable(&outcome);
+                outcomes.push(outcome);
+                if stop {
+                    break;
+                }
+            }
+            outcomes
+        })
     }
 
     fn origin(&self, origin: Origin) -> (&Netns, Option<IpAddr>) {
@@ -395,7 +413,11 @@ impl Cluster {
     /// false failure is about one in a million).
     fn expect_spread(&self, origin: Origin, proto: Proto, target: SocketAddr, expected: &[Answer]) {
         let count = PROBES_PER_ENDPOINT * expected.len();
-        let outcomes = self.send(origin, proto, target, count);
+        let outcomes = self.send(
+            (origin, proto, target),
+            count,
+            |outcome| matches!(outcome, Outcome::Answered(a) if expected.contains(a)),
+        );
         let what = format!("{proto:?} {origin:?} -> {target}");
         let tally = tally(&outcomes);
         for answer in tally.keys() {
@@ -419,7 +441,7 @@ impl Cluster {
 
     /// Requests from `origin` all get `expected` (e.g. Refused, TimedOut).
     fn expect_outcome(&self, origin: Origin, proto: Proto, target: SocketAddr, expected: Outcome) {
-        let outcome = self.send(origin, proto, target, 1).remove(0);
+        let outcome = self.send((origin, proto, target), 1, |_| true).remove(0);
         assert_eq!(outcome, expected, "{proto:?} {origin:?} -> {target}");
     }
 }
@@ -523,4 +545,341 @@ fn harness_routes_plain_traffic() {
             Outcome::TimedOut,
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// kube-proxy scenarios.
+
+/// Pods keep their source; the node's own traffic to a ClusterIP is
+/// masqueraded (it comes from outside the cluster CIDR). All endpoints serve.
+#[test]
+fn cluster_ip_spreads_over_all_endpoints() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
+    let web = Svc::new("web", 10, &["a", "b", "r"]);
+    cluster.apply(&[web.clone()]);
+    let from_pod: Vec<_> = ["a", "b", "r"]
+        .map(|pod| cluster.seen(pod, cluster.pod_ip("client")))
+        .into();
+    let from_node: Vec<_> = ["a", "b", "r"]
+        .map(|pod| cluster.seen_masqueraded(pod))
+        .into();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(Origin::Pod("client"), proto, web.cluster_addr(), &from_pod);
+        cluster.expect_spread(Origin::Node, proto, web.cluster_addr(), &from_node);
+    }
+}
+
+/// An external client reaches both local and remote endpoints through a
+/// NodePort, masqueraded to the node's address on the way to each.
+#[test]
+fn node_port_from_external_client_is_masqueraded() {
+    let mut cluster = Cluster::new(&["a"], &["r"]);
+    let web = Svc::new("web", 10, &["a", "r"]).node_port(30080);
+    cluster.apply(&[web.clone()]);
+    let expected = [cluster.seen_masqueraded("a"), cluster.seen_masqueraded("r")];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(
+            Origin::Client(CLIENT_IP),
+            proto,
+            web.node_port_addr(),
+            &expected,
+        );
+    }
+}
+
+/// `loadBalancerSourceRanges` guards only the load-balancer IP: other sources
+/// are dropped there but still reach the externalIP and the NodePort.
+#[test]
+fn load_balancer_source_ranges_guard_only_the_load_balancer_ip() {
+    let mut cluster = Cluster::new(&["a"], &["r"]);
+    let external_ip = Ipv4Addr::new(198, 18, 0, 10);
+    let web = Svc::new("web", 10, &["a", "r"])
+        .load_balancer(30081, Ipv4Addr::new(198, 18, 0, 20), &["203.0.113.2/32"])
+        .external_ip(external_ip);
+    cluster.apply(&[web.clone()]);
+    let expected = [cluster.seen_masqueraded("a"), cluster.seen_masqueraded("r")];
+    let external = SocketAddr::from((external_ip, SERVICE_PORT));
+    let (allowed, denied) = (Origin::Client(CLIENT_IP), Origin::Client(OTHER_CLIENT_IP));
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(allowed, proto, web.load_balancer_addr(), &expected);
+        cluster.expect_outcome(denied, proto, web.load_balancer_addr(), Outcome::TimedOut);
+        cluster.expect_spread(denied, proto, external, &expected);
+        cluster.expect_spread(denied, proto, web.node_port_addr(), &expected);
+    }
+}
+
+/// `externalTrafficPolicy: Local`: external traffic goes only to local
+/// endpoints and keeps the client's address; without a local endpoint it is
+/// dropped; pods still reach every endpoint through the ClusterIP.
+#[test]
+fn external_traffic_policy_local() {
+    let mut cluster = Cluster::new(&["a", "client"], &["r"]);
+    let local = Svc::new("local", 10, &["a", "r"])
+        .load_balancer(30082, Ipv4Addr::new(198, 18, 0, 30), &[])
+        .external_traffic_local();
+    let remote_only = Svc::new("remote-only", 11, &["r"])
+        .node_port(30083)
+        .external_traffic_local();
+    cluster.apply(&[local.clone(), remote_only.clone()]);
+    let client = Origin::Client(CLIENT_IP);
+    let real_client = [cluster.seen("a", IpAddr::V4(CLIENT_IP))];
+    let pod = cluster.pod_ip("client");
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(client, proto, local.node_port_addr(), &real_client);
+        cluster.expect_spread(client, proto, local.load_balancer_addr(), &real_client);
+        cluster.expect_outcome(
+            client,
+            proto,
+            remote_only.node_port_addr(),
+            Outcome::TimedOut,
+        );
+        let everywhere = [cluster.seen("a", pod), cluster.seen("r", pod)];
+        cluster.expect_spread(
+            Origin::Pod("client"),
+            proto,
+            local.cluster_addr(),
+            &everywhere,
+        );
+        cluster.expect_spread(
+            Origin::Pod("client"),
+            proto,
+            remote_only.cluster_addr(),
+            &[cluster.seen("r", pod)],
+        );
+    }
+}
+
+/// `internalTrafficPolicy: Local`: ClusterIP traffic from pods and the node
+/// goes only to local endpoints; with none it is dropped.
+#[test]
+fn internal_traffic_policy_local() {
+    let mut cluster = Cluster::new(&["a", "client"], &["r"]);
+    let local = Svc::new("local", 10, &["a", "r"]).internal_traffic_local();
+    let remote_only = Svc::new("remote-only", 11, &["r"]).internal_traffic_local();
+    cluster.apply(&[local.clone(), remote_only.clone()]);
+    let from_pod = [cluster.seen("a", cluster.pod_ip("client"))];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(
+            Origin::Pod("client"),
+            proto,
+            local.cluster_addr(),
+            &from_pod,
+        );
+        cluster.expect_spread(
+            Origin::Node,
+            proto,
+            local.cluster_addr(),
+            &[cluster.seen_masqueraded("a")],
+        );
+        cluster.expect_outcome(
+            Origin::Pod("client"),
+            proto,
+            remote_only.cluster_addr(),
+            Outcome::TimedOut,
+        );
+    }
+}
+
+/// Serving-but-terminating endpoints are a fallback for when no endpoint is
+/// ready; non-serving ones are never used, and a service left with only
+/// those rejects.
+#[test]
+fn terminating_endpoints_only_without_ready_ones() {
+    let mut cluster = Cluster::new(&["a", "b", "c", "client"], &[]);
+    let with_terminating = |name, host, ready: &[&'static str]| {
+        Svc::new(name, host, ready)
+            .endpoint("b", Condition::ServingTerminating)
+            .endpoint("c", Condition::Terminating)
+    };
+    let mixed = with_terminating("mixed", 10, &["a"]);
+    let draining = with_terminating("draining", 11, &[]);
+    let gone = Svc::new("gone", 12, &[]).endpoint("c", Condition::Terminating);
+    cluster.apply(&[mixed.clone(), draining.clone(), gone.clone()]);
+    let source = cluster.pod_ip("client");
+    let from = Origin::Pod("client");
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(
+            from,
+            proto,
+            mixed.cluster_addr(),
+            &[cluster.seen("a", source)],
+        );
+        cluster.expect_spread(
+            from,
+            proto,
+            draining.cluster_addr(),
+            &[cluster.seen("b", source)],
+        );
+        cluster.expect_outcome(from, proto, gone.cluster_addr(), Outcome::Refused);
+    }
+}
+
+/// A service without endpoints rejects on its ClusterIP (from pods and the
+/// node) and its NodePort; a served ClusterIP rejects ports it does not serve.
+#[test]
+fn no_endpoints_and_unserved_ports_reject() {
+    let mut cluster = Cluster::new(&["a", "client"], &[]);
+    let empty = Svc::new("empty", 10, &[]).node_port(30084);
+    let web = Svc::new("web", 11, &["a"]);
+    cluster.apply(&[empty.clone(), web.clone()]);
+    let unserved = SocketAddr::from((web.cluster_ip, SERVICE_PORT + 1));
+    let rejected = [
+        (Origin::Pod("client"), empty.cluster_addr()),
+        (Origin::Node, empty.cluster_addr()),
+        (Origin::Client(CLIENT_IP), empty.node_port_addr()),
+        (Origin::Pod("client"), unserved),
+    ];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for (origin, target) in rejected {
+            cluster.expect_outcome(origin, proto, target, Outcome::Refused);
+        }
+    }
+}
+
+/// Which source each kind of service traffic arrives with.
+#[test]
+fn masquerade_matrix() {
+    let mut cluster = Cluster::new(&["a", "b"], &["r"]);
+    let to_remote = Svc::new("to-remote", 10, &["r"]).node_port(30085);
+    let to_a = Svc::new("to-a", 11, &["a"]).node_port(30086);
+    cluster.apply(&[to_remote.clone(), to_a.clone()]);
+    let rows = [
+        // Pod to a remote pod: no NAT of the source.
+        (
+            Origin::Pod("a"),
+            to_remote.cluster_addr(),
+            cluster.seen("r", cluster.pod_ip("a")),
+        ),
+        // Pod to another pod on the same bridge: no NAT either.
+        (
+            Origin::Pod("b"),
+            to_a.cluster_addr(),
+            cluster.seen("a", cluster.pod_ip("b")),
+        ),
+        // Hairpin: a pod reaching itself must be masqueraded, or it would
+        // answer itself directly and drop the reply.
+        (
+            Origin::Pod("a"),
+            to_a.cluster_addr(),
+            cluster.seen_masqueraded("a"),
+        ),
+        // The node is outside the cluster CIDR.
+        (
+            Origin::Node,
+            to_remote.cluster_addr(),
+            cluster.seen_masqueraded("r"),
+        ),
+        // External traffic with externalTrafficPolicy: Cluster.
+        (
+            Origin::Client(CLIENT_IP),
+            to_remote.node_port_addr(),
+            cluster.seen_masqueraded("r"),
+        ),
+        (
+            Origin::Client(CLIENT_IP),
+            to_a.node_port_addr(),
+            cluster.seen_masqueraded("a"),
+        ),
+    ];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for (origin, target, expected) in &rows {
+            cluster.expect_spread(*origin, proto, *target, std::slice::from_ref(expected));
+        }
+    }
+}
+
+/// `sessionAffinity: ClientIP`: every connection from one client lands on
+/// the endpoint its first one picked.
+#[test]
+fn client_ip_affinity_sticks_to_one_endpoint() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
+    let sticky = Svc::new("sticky", 10, &["a", "b", "r"]).client_ip_affinity();
+    cluster.apply(&[sticky.clone()]);
+    let candidates = |source: Option<IpAddr>| -> Vec<Answer> {
+        ["a", "b", "r"]
+            .iter()
+            .map(|pod| {
+                source.map_or_else(|| cluster.seen_masqueraded(pod), |ip| cluster.seen(pod, ip))
+            })
+            .collect()
+    };
+    let origins = [
+        (Origin::Pod("client"), Some(cluster.pod_ip("client"))),
+        (Origin::Node, None),
+    ];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for (origin, source) in origins {
+            let flows = (origin, proto, sticky.cluster_addr());
+            let outcomes =
+                cluster.send(flows, 30, |outcome| matches!(outcome, Outcome::Answered(_)));
+            let first = outcomes[0].answer("first request").clone();
+            assert!(
+                candidates(source).contains(&first),
+                "{proto:?} {origin:?}: {first:?} is no endpoint"
+            );
+            let tally = tally(&outcomes);
+            assert_eq!(
+                tally.len(),
+                1,
+                "{proto:?} {origin:?} did not stick: {tally:?}"
+            );
+        }
+    }
+}
+
+/// A second apply with other endpoints: new connections go only to the new
+/// set while an established TCP connection to a removed endpoint keeps working.
+#[test]
+fn incremental_sync_moves_new_connections_keeps_open_ones() {
+    let mut cluster = Cluster::new(&["a", "b", "c", "client"], &["r"]);
+    let before = Svc::new("web", 10, &["a", "b"]);
+    cluster.apply(&[before.clone()]);
+    let (ns, _) = cluster.origin(Origin::Pod("client"));
+    let mut open = ns
+        .enter(|| TcpConversation::open(None, before.cluster_addr()))
+        .expect("connect before the update");
+    let first = open.exchange().answer("before the update").clone();
+    let after = Svc::new("web", 10, &["c", "r"]);
+    cluster.apply(&[after.clone()]);
+    assert_eq!(
+        open.exchange(),
+        Outcome::Answered(first),
+        "established connection after the update"
+    );
+    let source = cluster.pod_ip("client");
+    let expected = [cluster.seen("c", source), cluster.seen("r", source)];
+    for proto in [Proto::Tcp, Proto::Udp] {
+        cluster.expect_spread(
+            Origin::Pod("client"),
+            proto,
+            after.cluster_addr(),
+            &expected,
+        );
+    }
+}
+
+/// A UDP flow (same socket, same 5-tuple) moves to the new endpoint once its
+/// old one is removed: kube-proxy must clear the stale conntrack entry, as in
+/// upstream's e2e "preserve UDP traffic when server pod cycles".
+#[test]
+fn udp_flow_follows_endpoint_change() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &[]);
+    let before = Svc::new("dns", 10, &["a"]);
+    cluster.apply(&[before.clone()]);
+    let (ns, _) = cluster.origin(Origin::Pod("client"));
+    let flow = ns
+        .enter(|| UdpFlow::open(None, before.cluster_addr()))
+        .expect("udp socket");
+    let source = cluster.pod_ip("client");
+    assert_eq!(
+        flow.exchange(),
+        Outcome::Answered(cluster.seen("a", source)),
+        "before the update"
+    );
+    cluster.apply(&[Svc::new("dns", 10, &["b"])]);
+    assert_eq!(
+        flow.exchange(),
+        Outcome::Answered(cluster.seen("b", source)),
+        "same flow after the update"
+    );
 }

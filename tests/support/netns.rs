@@ -434,25 +434,42 @@ pub enum Proto {
 /// Sends one request over a new connection (TCP) or a new socket (UDP), so
 /// each probe is a new conntrack flow. `source` picks the local address.
 pub fn probe(proto: Proto, source: Option<IpAddr>, target: SocketAddr) -> Outcome {
-    match proto {
-        Proto::Tcp => match TcpConversation::open(source, target) {
-            Ok(mut conversation) => conversation.exchange(),
-            Err(e) => Outcome::from_error(&e),
-        },
-        Proto::Udp => udp_probe(source, target).unwrap_or_else(|e| Outcome::from_error(&e)),
-    }
+    let opened = match proto {
+        Proto::Tcp => TcpConversation::open(source, target).map(|mut c| c.exchange()),
+        Proto::Udp => UdpFlow::open(source, target).map(|flow| flow.exchange()),
+    };
+    opened.unwrap_or_else(|e| Outcome::from_error(&e))
 }
 
-fn udp_probe(source: Option<IpAddr>, target: SocketAddr) -> io::Result<Outcome> {
-    let local = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let socket = UdpSocket::bind((local, 0))?;
-    // A connected socket reports ICMP port unreachable as ECONNREFUSED.
-    socket.connect(target)?;
-    socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
-    socket.send(b"ping\n")?;
-    let mut buf = [0u8; 256];
-    let n = socket.recv(&mut buf)?;
-    Ok(parse_answer(&String::from_utf8_lossy(&buf[..n])))
+/// A connected UDP socket: every exchange uses the same 5-tuple, i.e. the
+/// same conntrack entry.
+pub struct UdpFlow {
+    socket: UdpSocket,
+}
+
+impl UdpFlow {
+    /// Binds an ephemeral port (on `source`, if given) and connects it.
+    pub fn open(source: Option<IpAddr>, target: SocketAddr) -> io::Result<UdpFlow> {
+        let local = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let socket = UdpSocket::bind((local, 0))?;
+        // A connected socket reports ICMP port unreachable as ECONNREFUSED.
+        socket.connect(target)?;
+        socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
+        Ok(UdpFlow { socket })
+    }
+
+    /// One datagram and its answer.
+    pub fn exchange(&self) -> Outcome {
+        let mut buf = [0u8; 256];
+        match self
+            .socket
+            .send(b"ping\n")
+            .and_then(|_| self.socket.recv(&mut buf))
+        {
+            Ok(n) => parse_answer(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) => Outcome::from_error(&e),
+        }
+    }
 }
 
 /// An open TCP connection that can carry several request/answer exchanges.
