@@ -458,7 +458,7 @@ struct Manifests {
 }
 
 /// Every upstream flag, `None` when not given (so defaults stay upstream's).
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug)]
 struct Flags {
     #[arg(
         long,
@@ -1017,6 +1017,10 @@ mod tests {
         parse(std::iter::once("kube-proxy").chain(args.split_whitespace()))
     }
 
+    fn secs(n: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(n)
+    }
+
     fn run_args(args: &[&str]) -> Result<Invocation, CliError> {
         parse(std::iter::once("kube-proxy").chain(args.iter().copied()))
     }
@@ -1152,8 +1156,11 @@ mod tests {
     #[test]
     fn durations_in_go_syntax() {
         let inv = ok("--iptables-sync-period=15m --iptables-min-sync-period 500ms --config-sync-period=1h30m");
-        assert_eq!(inv.config.sync_period(), Duration::from_mins(15));
-        assert_eq!(inv.config.min_sync_period(), Duration::from_millis(500));
+        assert_eq!(inv.config.sync_period(), secs(15 * 60));
+        assert_eq!(
+            inv.config.min_sync_period(),
+            std::time::Duration::from_millis(500)
+        );
         assert_eq!(inv.config.config_sync_period, Duration::from_mins(90));
         let inv = ok("--conntrack-tcp-timeout-established=0s --conntrack-udp-timeout=30s");
         assert_eq!(
@@ -1172,11 +1179,11 @@ mod tests {
     fn sync_period_flags_follow_the_mode_like_upstream() {
         // --ipvs-* is ignored outside ipvs mode, --iptables-* inside it.
         let inv = ok("--ipvs-sync-period=5s --iptables-sync-period=7s");
-        assert_eq!(inv.config.sync_period(), Duration::from_secs(7));
+        assert_eq!(inv.config.sync_period(), secs(7));
         let inv = ok("--proxy-mode=ipvs --ipvs-sync-period=5s --iptables-sync-period=7s");
-        assert_eq!(inv.config.sync_period(), Duration::from_secs(5));
+        assert_eq!(inv.config.sync_period(), secs(5));
         // Upstream seeds its single internal pair from the iptables defaults.
-        assert_eq!(inv.config.min_sync_period(), Duration::from_secs(1));
+        assert_eq!(inv.config.min_sync_period(), secs(1));
         let inv = ok("--proxy-mode=nftables --iptables-sync-period=7s");
         assert_eq!(inv.config.nftables.sync_period, Duration::from_secs(7));
     }
@@ -1338,8 +1345,8 @@ mod tests {
             config_file("mode: nftables\nnftables:\n  masqueradeAll: true\n  syncPeriod: 45s\n");
         let inv = ok(&format!("--config {}", file.path().display()));
         assert!(inv.config.masquerade_all());
-        assert_eq!(inv.config.sync_period(), Duration::from_secs(45));
-        assert_eq!(inv.config.min_sync_period(), Duration::from_secs(1));
+        assert_eq!(inv.config.sync_period(), secs(45));
+        assert_eq!(inv.config.min_sync_period(), secs(1));
         assert_eq!(inv.config.node_port_addresses, ["primary"]);
         assert_eq!(inv.config.detect_local_mode, "ClusterCIDR");
     }

@@ -41,11 +41,8 @@ fn flags_become_backend_options() {
     assert_eq!(inv.command, Command::Daemon);
     assert_eq!(inv.config.effective_mode(), ProxyMode::NfTables);
     assert_eq!(inv.config.node_name().unwrap(), "worker-1");
-    assert_eq!(
-        inv.config.sync_period().to_std(),
-        Some(Duration::from_secs(30))
-    );
-    assert_eq!(inv.config.min_sync_period().to_std(), Some(Duration::ZERO));
+    assert_eq!(inv.config.sync_period(), Duration::from_secs(30));
+    assert_eq!(inv.config.min_sync_period(), Duration::ZERO);
     assert_eq!(
         inv.config.proxy_options(&[]).unwrap(),
         ProxyOptions {
@@ -68,14 +65,8 @@ fn config_file_becomes_backend_options() {
     );
     let inv = invoke(&["--config", file.path().to_str().unwrap()]);
     assert_eq!(inv.config.effective_mode(), ProxyMode::Ipvs);
-    assert_eq!(
-        inv.config.sync_period().to_std(),
-        Some(Duration::from_secs(60))
-    );
-    assert_eq!(
-        inv.config.min_sync_period().to_std(),
-        Some(Duration::from_secs(2))
-    );
+    assert_eq!(inv.config.sync_period(), Duration::from_secs(60));
+    assert_eq!(inv.config.min_sync_period(), Duration::from_secs(2));
     let pod_cidrs = [net("10.244.3.0/24"), net("fd00:10:244:3::/64")];
     assert_eq!(
         inv.config.proxy_options(&pod_cidrs).unwrap(),

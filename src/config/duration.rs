@@ -83,18 +83,6 @@ impl Duration {
             .ok()
             .map(std::time::Duration::from_nanos)
     }
-
-    /// Whole seconds, rounded down (what upstream writes to conntrack sysctls).
-    pub const fn whole_seconds(self) -> i64 {
-        self.nanos / 1_000_000_000
-    }
-}
-
-impl From<std::time::Duration> for Duration {
-    /// Saturates at Go's maximum duration (about 292 years).
-    fn from(d: std::time::Duration) -> Self {
-        Duration::from_nanos(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-    }
 }
 
 impl FromStr for Duration {

@@ -6,6 +6,7 @@
 //! its internal config does, only the copy of the effective mode counts.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -45,11 +46,6 @@ impl ProxyMode {
             ProxyMode::Ipvs => "ipvs",
             ProxyMode::NfTables => "nftables",
         }
-    }
-
-    /// The config section holding this mode's sync periods (same as its name).
-    pub(crate) fn section(self) -> &'static str {
-        self.as_str()
     }
 }
 
@@ -107,30 +103,30 @@ impl KubeProxyConfiguration {
         LocalMode::from_config(&self.detect_local_mode).unwrap_or(LocalMode::ClusterCidr)
     }
 
-    /// The full-resync period of the effective mode (`<mode>.syncPeriod`).
-    pub fn sync_period(&self) -> Duration {
-        match self.effective_mode() {
-            ProxyMode::IpTables => self.iptables.sync_period,
-            ProxyMode::Ipvs => self.ipvs.sync_period,
-            ProxyMode::NfTables => self.nftables.sync_period,
-        }
+    /// The full-resync period of the effective mode (`<mode>.syncPeriod`). Validation
+    /// guarantees it is positive; an unvalidated negative value reads as zero.
+    pub fn sync_period(&self) -> std::time::Duration {
+        self.mode_sync_periods().0.to_std().unwrap_or_default()
     }
 
     /// The minimum time between syncs of the effective mode (`<mode>.minSyncPeriod`).
-    pub fn min_sync_period(&self) -> Duration {
-        match self.effective_mode() {
-            ProxyMode::IpTables => self.iptables.min_sync_period,
-            ProxyMode::Ipvs => self.ipvs.min_sync_period,
-            ProxyMode::NfTables => self.nftables.min_sync_period,
-        }
+    pub fn min_sync_period(&self) -> std::time::Duration {
+        self.mode_sync_periods().1.to_std().unwrap_or_default()
+    }
+
+    /// `(syncPeriod, minSyncPeriod)` of the effective mode's section, as written.
+    pub(crate) fn mode_sync_periods(&self) -> (Duration, Duration) {
+        let section = match self.effective_mode() {
+            ProxyMode::IpTables => (&self.iptables.sync_period, &self.iptables.min_sync_period),
+            ProxyMode::Ipvs => (&self.ipvs.sync_period, &self.ipvs.min_sync_period),
+            ProxyMode::NfTables => (&self.nftables.sync_period, &self.nftables.min_sync_period),
+        };
+        (*section.0, *section.1)
     }
 
     /// `masqueradeAll` of the effective mode (ipvs reads the iptables copy).
     pub fn masquerade_all(&self) -> bool {
-        match self.effective_mode() {
-            ProxyMode::NfTables => self.nftables.masquerade_all,
-            ProxyMode::IpTables | ProxyMode::Ipvs => self.iptables.masquerade_all,
-        }
+        self.masquerade_section().1
     }
 
     /// Sets `masqueradeAll` of the effective mode, as `--masquerade-all` does.
@@ -143,11 +139,47 @@ impl KubeProxyConfiguration {
 
     /// `masqueradeBit` of the effective mode (ipvs reads the iptables copy), defaulted.
     pub fn masquerade_bit(&self) -> i32 {
-        let bit = match self.effective_mode() {
-            ProxyMode::NfTables => self.nftables.masquerade_bit,
-            ProxyMode::IpTables | ProxyMode::Ipvs => self.iptables.masquerade_bit,
-        };
+        let bit = self.masquerade_section().2;
         bit.unwrap_or(super::defaults::MASQUERADE_BIT)
+    }
+
+    /// The section holding the effective mode's masquerade settings, with its
+    /// `masqueradeAll` and `masqueradeBit`.
+    fn masquerade_section(&self) -> (&'static str, bool, Option<i32>) {
+        match self.effective_mode() {
+            ProxyMode::NfTables => (
+                "nftables",
+                self.nftables.masquerade_all,
+                self.nftables.masquerade_bit,
+            ),
+            ProxyMode::IpTables | ProxyMode::Ipvs => (
+                "iptables",
+                self.iptables.masquerade_all,
+                self.iptables.masquerade_bit,
+            ),
+        }
+    }
+
+    /// The health check server's address; `None` when disabled (empty).
+    pub fn healthz_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        server_addr("healthzBindAddress", &self.healthz_bind_address)
+    }
+
+    /// The metrics server's address; `None` when disabled (empty).
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        server_addr("metricsBindAddress", &self.metrics_bind_address)
+    }
+
+    /// The `nf_conntrack_max` to set, as upstream's `getConntrackMax`: `maxPerCore`
+    /// times the CPUs, but at least `min`; `None` leaves the kernel's value alone.
+    pub fn conntrack_max(&self, num_cpus: usize) -> Option<u64> {
+        let per_core = u64::try_from(self.conntrack.max_per_core?).ok()?;
+        if per_core == 0 {
+            return None;
+        }
+        let floor = self.conntrack.min.and_then(|m| u64::try_from(m).ok());
+        let scaled = per_core.saturating_mul(num_cpus as u64);
+        Some(scaled.max(floor.unwrap_or(0)))
     }
 
     /// The node's name: `hostnameOverride` or the host name, trimmed and lower-cased
@@ -172,7 +204,7 @@ impl KubeProxyConfiguration {
             .ok()
             .filter(|bit| *bit <= 31)
             .ok_or_else(|| {
-                let field = format!("{}.masqueradeBit", self.masquerade_section());
+                let field = format!("{}.masqueradeBit", self.masquerade_section().0);
                 invalid(
                     field,
                     self.masquerade_bit(),
@@ -186,13 +218,6 @@ impl KubeProxyConfiguration {
             node_port_addresses: self.node_port_address_list()?,
             scheduling: self.scheduling(),
         })
-    }
-
-    fn masquerade_section(&self) -> &'static str {
-        match self.effective_mode() {
-            ProxyMode::NfTables => "nftables",
-            ProxyMode::IpTables | ProxyMode::Ipvs => "iptables",
-        }
     }
 
     /// The parsed `clusterCIDR` list (empty if unset).
@@ -279,6 +304,17 @@ fn cidrs(list: &'static [&'static str]) -> impl Iterator<Item = NodePortAddress>
         .map(|c| NodePortAddress::Cidr(c.parse().expect("static CIDR literal")))
 }
 
+/// Parses a validated `IP:port` server address; empty means disabled.
+fn server_addr(field: &str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| invalid(field.to_string(), format!("{value:?}"), "must be IP:port"))
+}
+
 fn invalid(field: String, value: impl fmt::Display, detail: &str) -> ConfigError {
     ConfigError::Invalid(ValidationErrors(vec![FieldError {
         field,
@@ -310,6 +346,45 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn secs(n: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(n)
+    }
+
+    #[test]
+    fn server_addresses() {
+        let mut c = config("iptables");
+        assert_eq!(
+            c.healthz_addr().unwrap(),
+            Some("0.0.0.0:10256".parse().unwrap())
+        );
+        assert_eq!(
+            c.metrics_addr().unwrap(),
+            Some("127.0.0.1:10249".parse().unwrap())
+        );
+        c.metrics_bind_address.clear();
+        assert_eq!(c.metrics_addr().unwrap(), None);
+        c.healthz_bind_address = "[fd00::1]:1".into();
+        assert_eq!(
+            c.healthz_addr().unwrap(),
+            Some("[fd00::1]:1".parse().unwrap())
+        );
+        c.healthz_bind_address = "nope".into();
+        assert!(c
+            .healthz_addr()
+            .unwrap_err()
+            .to_string()
+            .contains("healthzBindAddress"));
+    }
+
+    #[test]
+    fn conntrack_max_like_upstream() {
+        let mut c = config("iptables");
+        assert_eq!(c.conntrack_max(2), Some(131072));
+        assert_eq!(c.conntrack_max(8), Some(262144));
+        c.conntrack.max_per_core = Some(0);
+        assert_eq!(c.conntrack_max(8), None);
+    }
+
     #[test]
     fn mode_selects_its_section() {
         let mut c = config("");
@@ -317,18 +392,18 @@ mod tests {
         c.nftables.sync_period = Duration::from_secs(7);
         c.nftables.masquerade_all = true;
         c.nftables.masquerade_bit = Some(3);
-        assert_eq!(c.sync_period(), Duration::from_secs(30));
+        assert_eq!(c.sync_period(), secs(30));
         assert!(!c.masquerade_all());
         assert_eq!(c.masquerade_bit(), 14);
         c.mode = "nftables".into();
         assert_eq!(c.effective_mode(), ProxyMode::NfTables);
-        assert_eq!(c.sync_period(), Duration::from_secs(7));
-        assert_eq!(c.min_sync_period(), Duration::from_secs(1));
+        assert_eq!(c.sync_period(), secs(7));
+        assert_eq!(c.min_sync_period(), secs(1));
         assert!(c.masquerade_all());
         assert_eq!(c.masquerade_bit(), 3);
         c.mode = "ipvs".into();
         c.iptables.masquerade_bit = Some(9);
-        assert_eq!(c.min_sync_period(), Duration::ZERO);
+        assert_eq!(c.min_sync_period(), secs(0));
         assert_eq!(c.masquerade_bit(), 9);
     }
 

@@ -145,8 +145,8 @@ impl KubeProxyConfiguration {
             );
             return;
         };
-        let section = mode.section();
-        let (sync, min_sync) = (self.sync_period(), self.min_sync_period());
+        let section = mode.as_str();
+        let (sync, min_sync) = self.mode_sync_periods();
         errs.positive(&format!("{section}.syncPeriod"), sync);
         errs.non_negative(&format!("{section}.minSyncPeriod"), min_sync);
         if min_sync > sync {
