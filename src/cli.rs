@@ -117,7 +117,7 @@ impl CliError {
 pub fn parse<I, T>(args: I) -> Result<Invocation, CliError>
 where
     I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
+    T: Into<OsString>,
 {
     let cmd = command();
     let args = split_empty_values(&cmd, args.into_iter().map(Into::into).collect());
@@ -778,18 +778,26 @@ impl Flags {
     /// defaults, and `--iptables-*` set it unless the mode is ipvs, `--ipvs-*` only if
     /// it is. (So flag-configured ipvs mode has minSyncPeriod 1s, as upstream.)
     fn apply_sync_periods(&self, c: &mut KubeProxyConfiguration) {
-        let (sync, min_sync) = (c.iptables.sync_period, c.iptables.min_sync_period);
-        let (given_sync, given_min) = match c.effective_mode() {
-            ProxyMode::Ipvs => (self.ipvs_sync_period, self.ipvs_min_sync_period),
-            _ => (self.iptables_sync_period, self.iptables_min_sync_period),
+        let seeded = (c.iptables.sync_period, c.iptables.min_sync_period);
+        let (sync, min_sync, given) = match c.effective_mode() {
+            ProxyMode::IpTables => (
+                &mut c.iptables.sync_period,
+                &mut c.iptables.min_sync_period,
+                (self.iptables_sync_period, self.iptables_min_sync_period),
+            ),
+            ProxyMode::NfTables => (
+                &mut c.nftables.sync_period,
+                &mut c.nftables.min_sync_period,
+                (self.iptables_sync_period, self.iptables_min_sync_period),
+            ),
+            ProxyMode::Ipvs => (
+                &mut c.ipvs.sync_period,
+                &mut c.ipvs.min_sync_period,
+                (self.ipvs_sync_period, self.ipvs_min_sync_period),
+            ),
         };
-        let (sync_field, min_field) = match c.effective_mode() {
-            ProxyMode::IpTables => (&mut c.iptables.sync_period, &mut c.iptables.min_sync_period),
-            ProxyMode::Ipvs => (&mut c.ipvs.sync_period, &mut c.ipvs.min_sync_period),
-            ProxyMode::NfTables => (&mut c.nftables.sync_period, &mut c.nftables.min_sync_period),
-        };
-        *sync_field = given_sync.unwrap_or(sync);
-        *min_field = given_min.unwrap_or(min_sync);
+        *sync = given.0.unwrap_or(seeded.0);
+        *min_sync = given.1.unwrap_or(seeded.1);
     }
 
     fn apply_ipvs(&self, c: &mut KubeProxyConfiguration) {
@@ -914,9 +922,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<Duration>().map_err(|e| e.to_string())
 }
 
-/// klog's `-v`: a non-negative level.
+/// klog's `-v`: a non-negative decimal level.
 fn parse_level(s: &str) -> Result<u32, String> {
-    let level = parse_int32(s)?;
+    let level: i32 = s
+        .parse()
+        .map_err(|_| format!("parsing {s:?}: invalid syntax"))?;
     u32::try_from(level).map_err(|_| format!("{s:?}: the verbosity level must not be negative"))
 }
 
