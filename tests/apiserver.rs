@@ -11,10 +11,14 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::api::networking::v1::{ServiceCIDR, ServiceCIDRSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube_proxy::builder::ModelBuilder;
 use kube_proxy::sources::apiserver;
 use kube_proxy::sources::{Kind, Object, SourceEvent};
 use support::fake_apiserver::FakeApiServer;
@@ -538,4 +542,286 @@ async fn stops_when_the_receiver_is_dropped() {
         .await
         .expect("run() returns once nobody listens")
         .expect("run() does not panic");
+}
+
+// ---------------------------------------------------------------------------------------
+// The model built from these events
+
+fn backed_service(name: &str, cluster_ip: &str) -> Service {
+    let mut svc = service(name, &[]);
+    let spec = svc.spec.as_mut().expect("service() sets a spec");
+    spec.cluster_ip = Some(cluster_ip.to_owned());
+    spec.cluster_ips = Some(vec![cluster_ip.to_owned()]);
+    spec.ports.as_mut().expect("service() sets ports")[0].target_port =
+        Some(IntOrString::Int(8080));
+    svc
+}
+
+fn backed_slice(name: &str, service_name: &str, addresses: &[&str]) -> EndpointSlice {
+    let mut slice = slice(name, &[("kubernetes.io/service-name", service_name)]);
+    slice.endpoints = addresses
+        .iter()
+        .map(|address| Endpoint {
+            addresses: vec![address.to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..EndpointConditions::default()
+            }),
+            node_name: Some(NODE.to_owned()),
+            ..Endpoint::default()
+        })
+        .collect();
+    slice.ports = Some(vec![EndpointPort {
+        // The EndpointSlice controller names an unnamed Service port "".
+        name: Some(String::new()),
+        port: Some(8080),
+        protocol: Some("TCP".to_owned()),
+        ..EndpointPort::default()
+    }]);
+    slice
+}
+
+/// Replays everything a harness received into a fresh model builder.
+fn model_from(log: &[SourceEvent]) -> ModelBuilder {
+    let mut builder = ModelBuilder::new(NODE.to_owned(), Vec::new());
+    for event in log {
+        builder.handle(event.clone());
+    }
+    builder
+}
+
+#[tokio::test]
+async fn model_from_events_matches_a_fresh_list_after_drops_and_410() {
+    let server = FakeApiServer::start().await.expect("start fake API server");
+    server.create(&node(NODE)).unwrap();
+    for (i, name) in ["alpha", "beta", "gamma"].into_iter().enumerate() {
+        server
+            .create(&backed_service(name, &format!("10.96.1.{i}")))
+            .unwrap();
+        let address = format!("10.244.0.{}", 10 + i);
+        server
+            .create(&backed_slice(&format!("{name}-1"), name, &[&address]))
+            .unwrap();
+    }
+    let mut h = Harness::start(server).await;
+    h.converge().await;
+
+    // Changes while disconnected, caught up from history.
+    h.server.pause();
+    h.server.drop_watches();
+    let mut alpha = named::<EndpointSlice>(&h.server, "alpha-1");
+    alpha = EndpointSlice {
+        endpoints: backed_slice("alpha-1", "alpha", &["10.244.0.10", "10.244.0.20"]).endpoints,
+        ..alpha
+    };
+    h.server.update(&alpha).unwrap();
+    h.server.resume();
+    h.converge().await;
+
+    // Deletes while disconnected, history gone: only the relist can remove them.
+    h.server.pause();
+    h.server.drop_watches();
+    h.server.delete::<Service>("default", "beta").unwrap();
+    h.server
+        .delete::<EndpointSlice>("default", "beta-1")
+        .unwrap();
+    h.server
+        .delete::<EndpointSlice>("default", "gamma-1")
+        .unwrap();
+    h.server
+        .create(&backed_service("delta", "10.96.1.9"))
+        .unwrap();
+    h.server
+        .create(&backed_slice("delta-1", "delta", &["10.244.0.30"]))
+        .unwrap();
+    h.server.expire_history();
+    h.server.resume();
+    h.converge().await;
+
+    let disturbed = model_from(&h.log);
+    let mut fresh_harness = Harness::start(h.server).await;
+    fresh_harness.converge().await;
+    let fresh = model_from(&fresh_harness.log);
+
+    assert!(disturbed.is_synced() && fresh.is_synced());
+    assert_eq!(disturbed.state(), fresh.state());
+    let names: Vec<&str> = fresh
+        .state()
+        .v4
+        .keys()
+        .map(|port| port.name.as_str())
+        .collect();
+    assert_eq!(names, ["alpha", "delta", "gamma"]);
+    let endpoints = |name: &str| {
+        let (_, entry) = fresh
+            .state()
+            .v4
+            .iter()
+            .find(|(port, _)| port.name == name)
+            .expect("service is in the model");
+        entry.endpoints.len()
+    };
+    assert_eq!(
+        (endpoints("alpha"), endpoints("delta"), endpoints("gamma")),
+        (2, 1, 0)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// client()
+
+fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         users:\n- name: me\n  user: {{}}\ncontexts:\n- name: ctx\n  context:\n    cluster: fake\n    user: me\n\
+         current-context: ctx\n"
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+async fn service_names(client: kube::Client) -> Vec<String> {
+    let services = Api::<Service>::all(client)
+        .list(&ListParams::default())
+        .await
+        .expect("list services");
+    services
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn client_uses_kubeconfig_and_master_like_upstream() {
+    let server = populated_server().await;
+    let want = ["db", "skip-other-proxy", "web"];
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let path = write_kubeconfig(dir.path(), &server.url());
+    let client = apiserver::client(Some(&path), None).await.unwrap();
+    assert_eq!(service_names(client).await, want);
+
+    // --master overrides the kubeconfig's server.
+    let path = write_kubeconfig(dir.path(), "http://127.0.0.1:9");
+    let client = apiserver::client(Some(&path), Some(&server.url()))
+        .await
+        .unwrap();
+    assert_eq!(service_names(client).await, want);
+
+    // A bare host:port without TLS settings means plain http, as in client-go.
+    let bare = server.url().trim_start_matches("http://").to_owned();
+    let client = apiserver::client(None, Some(&bare)).await.unwrap();
+    assert_eq!(service_names(client).await, want);
+}
+
+#[tokio::test]
+async fn client_errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-kubeconfig");
+    let Err(err) = apiserver::client(Some(&missing), None).await else {
+        panic!("a missing kubeconfig is an error");
+    };
+    assert!(
+        err.to_string().contains("no-such-kubeconfig"),
+        "error does not name the file: {err}"
+    );
+
+    let Err(err) = apiserver::client(None, Some("http://[::1")).await else {
+        panic!("an invalid --master is an error");
+    };
+    assert!(err.to_string().contains("--master"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake itself keeps the protocol's promises
+
+#[tokio::test]
+async fn fake_pages_from_one_snapshot_and_expires_old_ones() {
+    let server = FakeApiServer::start().await.expect("start fake API server");
+    for name in ["a", "b", "c", "d", "e"] {
+        server.create(&service(name, &[])).unwrap();
+    }
+    let api = Api::<Service>::all(server.client());
+    let names = |list: &kube::core::ObjectList<Service>| -> Vec<String> {
+        list.items
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect()
+    };
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first.metadata.continue_.clone().expect("more pages");
+
+    // Changes after the first page do not show in later pages of the same list.
+    server.delete::<Service>("default", "c").unwrap();
+    server.create(&service("bb", &[])).unwrap();
+    let second = api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["c", "d"]);
+    assert_eq!(
+        second.metadata.resource_version,
+        first.metadata.resource_version
+    );
+
+    // Once the history is compacted the snapshot is gone: 410, as from etcd.
+    server.expire_history();
+    let token = second.metadata.continue_.clone().expect("more pages");
+    let gone = api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&gone, kube::Error::Api(s) if s.code == 410),
+        "{gone:?}"
+    );
+}
+
+#[tokio::test]
+async fn fake_answers_a_watch_from_expired_history_with_410() {
+    let server = FakeApiServer::start().await.expect("start fake API server");
+    server.create(&service("a", &[])).unwrap();
+    let old = server.resource_version().to_string();
+    server.create(&service("b", &[])).unwrap();
+    let api = Api::<Service>::all(server.client());
+
+    // Still in history: the watch replays what came after `old`.
+    let mut stream = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
+    let first = stream.next().await.expect("an event").unwrap();
+    assert!(matches!(&first, WatchEvent::Added(s) if s.metadata.name.as_deref() == Some("b")));
+
+    server.expire_history();
+    let mut stream = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
+    let first = stream.next().await.expect("an event").unwrap();
+    assert!(
+        matches!(&first, WatchEvent::Error(s) if s.code == 410),
+        "{first:?}"
+    );
+}
+
+#[tokio::test]
+async fn fake_rejects_selectors_it_cannot_evaluate() {
+    let server = FakeApiServer::start().await.expect("start fake API server");
+    let api = Api::<Service>::all(server.client());
+    for params in [
+        ListParams::default().labels("a b"),
+        ListParams::default().fields("spec.clusterIP=10.0.0.1"),
+    ] {
+        let err = api.list(&params).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 400),
+            "{err:?}"
+        );
+    }
 }
