@@ -1299,6 +1299,8 @@ mod tests {
         );
         assert!(inv.config.masquerade_all());
         assert!(err("render").contains("--filename"));
+        let inv = ok("--proxy-mode=ipvs render -f x --proxy-mode=nftables");
+        assert_eq!(inv.config.effective_mode(), ProxyMode::NfTables);
     }
 
     #[test]
@@ -1342,6 +1344,14 @@ mod tests {
                 "flag --masquerade-all is ignored because --config is given",
                 "flag --proxy-mode is ignored because --config is given",
             ]
+        );
+        let inv = ok(&format!(
+            "--config={path} render -f m.yaml --proxy-mode=ipvs"
+        ));
+        assert_eq!(inv.config.effective_mode(), ProxyMode::NfTables);
+        assert_eq!(
+            inv.warnings,
+            ["flag --proxy-mode is ignored because --config is given"]
         );
         // Without the override flag the file's name is used as written.
         let inv = ok(&format!("--config {path}"));
