@@ -15,7 +15,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -29,6 +29,8 @@ use support::netns::{
 const SERVICE_PORT: u16 = 80;
 /// An upper bound for one `kube-proxy apply`.
 const APPLY_LIMIT: Duration = Duration::from_secs(60);
+/// An upper bound for a plain `nft` command.
+const NFT_LIMIT: Duration = Duration::from_secs(10);
 /// Requests per endpoint when checking that traffic is spread over endpoints.
 const PROBES_PER_ENDPOINT: usize = 60;
 
@@ -329,21 +331,15 @@ impl Cluster {
             .join(format!("apply-{}.yaml", self.applies));
         let text = manifests(&self.topology, services);
         std::fs::write(&path, &text).expect("write manifests");
-        let child = self
-            .topology
-            .node
-            .command(env!("CARGO_BIN_EXE_kube-proxy"))
+        let mut kube_proxy = self.topology.node.command(env!("CARGO_BIN_EXE_kube-proxy"));
+        kube_proxy
             .arg("apply")
             .arg("-f")
             .arg(&path)
             .args(["--proxy-mode", "nftables", "--hostname-override", NODE_NAME])
-            .args(["--cluster-cidr", CLUSTER_CIDR])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kube-proxy");
-        let output = netns::wait_bounded(child, APPLY_LIMIT).expect("kube-proxy apply finishes");
+            .args(["--cluster-cidr", CLUSTER_CIDR]);
+        let output =
+            netns::output_bounded(&mut kube_proxy, APPLY_LIMIT).expect("kube-proxy apply finishes");
         self.log = format!(
             "--- manifests (apply #{}) ---\n{text}\n--- kube-proxy stdout ---\n{}\n--- kube-proxy stderr ---\n{}",
             self.applies,
@@ -449,12 +445,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let ruleset = self
-                .topology
-                .node
-                .command("nft")
-                .args(["list", "ruleset"])
-                .output();
+            let mut nft = self.topology.node.command("nft");
+            let ruleset = netns::output_bounded(nft.args(["list", "ruleset"]), NFT_LIMIT);
             let ruleset = ruleset.map_or_else(
                 |e| e.to_string(),
                 |o| String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -481,9 +473,9 @@ fn require_prerequisites() {
         0,
         "dataplane tests need root (network namespaces, nftables)"
     );
-    for tool in ["ip", "nft"] {
+    for (tool, version) in [("ip", "-V"), ("nft", "--version")] {
         let ok = Command::new(tool)
-            .arg("-V")
+            .arg(version)
             .output()
             .is_ok_and(|o| o.status.success());
         assert!(
@@ -525,18 +517,13 @@ fn harness_routes_plain_traffic() {
         let closed = SocketAddr::new(cluster.pod_ip(b), 9);
         cluster.expect_outcome(Origin::Pod(a), proto, closed, Outcome::Refused);
     }
-    let pod_b = &cluster.topology.pod(b).netns;
     let drop_all =
-        "add table ip t\nadd chain ip t in { type filter hook input priority 0; policy drop; }\n";
-    let mut nft = pod_b.command("nft");
-    nft.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut child = nft.spawn().expect("spawn nft");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), drop_all.as_bytes())
-        .expect("feed nft");
-    let status = netns::wait_bounded(child, Duration::from_secs(10))
+        "add table ip t; add chain ip t in { type filter hook input priority 0; policy drop; }";
+    let mut nft = cluster.topology.pod(b).netns.command("nft");
+    let status = netns::output_bounded(nft.arg(drop_all), NFT_LIMIT)
         .expect("nft finishes")
         .status;
-    assert!(status.success(), "nft -f: {status}");
+    assert!(status.success(), "nft {drop_all:?}: {status}");
     for proto in [Proto::Tcp, Proto::Udp] {
         cluster.expect_outcome(
             Origin::Pod(a),

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -611,29 +611,28 @@ fn serve_udp(socket: &UdpSocket, identity: &str) {
     }
 }
 
-/// Waits at most `limit` for `child`, killing it when the time is up.
-pub fn wait_bounded(
-    child: std::process::Child,
-    limit: Duration,
-) -> io::Result<std::process::Output> {
+/// Runs `cmd` to completion, collecting its output, but kills it once
+/// `limit` has passed.
+pub fn output_bounded(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let pid = child.id();
     let (done, finished) = mpsc::channel();
     let waiter = thread::spawn(move || {
         let _ = done.send(child.wait_with_output());
     });
-    match finished.recv_timeout(limit) {
-        Ok(output) => {
-            let _ = waiter.join();
-            output
-        }
-        Err(_) => {
-            // SAFETY: signalling our own, not yet reaped, child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            let _ = waiter.join();
-            Err(io::Error::new(
-                ErrorKind::TimedOut,
-                format!("killed after {limit:?}"),
-            ))
-        }
-    }
+    let output = finished.recv_timeout(limit).unwrap_or_else(|_| {
+        // SAFETY: signalling our own child, which the waiter has not reaped
+        // (it would have sent its output by now).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        Err(io::Error::new(
+            ErrorKind::TimedOut,
+            format!("{cmd:?} killed after {limit:?}"),
+        ))
+    });
+    let _ = waiter.join();
+    output
 }
