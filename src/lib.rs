@@ -2,9 +2,10 @@
 //!
 //! Sources (API server, manifests) → normalized model ([`kube_proxy_model`]) → backends.
 
+pub mod app;
 pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod convert;
-pub mod sources;
 pub mod runner;
+pub mod sources;

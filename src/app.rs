@@ -1,0 +1,206 @@
+//! What each command does: `render`, `apply`, `--cleanup` and the daemon.
+//!
+//! All of them build the model through the same [`ModelBuilder`] and program it through the
+//! same [`Backend`], so that `apply -f` exercises exactly the daemon's code path.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use kube_proxy_model::{Backend, Changes, ProxyOptions, ProxyState};
+use kube_proxy_nftables::{NftCommand, NftablesBackend};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::builder::ModelBuilder;
+use crate::cli::Invocation;
+use crate::config::{KubeProxyConfiguration, LocalMode, ProxyMode};
+use crate::runner::SyncRunner;
+use crate::sources::{apiserver, manifest};
+
+/// Events buffered between the watchers and the sync loop; watchers wait when it is full.
+const EVENT_BUFFER: usize = 4096;
+
+/// Prints what the backend would program for the manifests in `files`.
+pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
+    let state = state_from_manifests(&inv.config, files)?;
+    let options = inv.config.proxy_options(&state.node.pod_cidrs)?;
+    // Rendering never runs `nft`: the executor is only there to satisfy the constructor.
+    let backend = match inv.config.effective_mode() {
+        ProxyMode::NfTables => NftablesBackend::with_executor(options, NftCommand::new()),
+        mode => bail!(unsupported(mode)),
+    };
+    print!("{}", backend.render(&state)?);
+    Ok(())
+}
+
+/// Programs the current network namespace once from the manifests in `files`. The backend
+/// reads its own state back first, so a second run sends only what changed.
+pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
+    let state = state_from_manifests(&inv.config, files)?;
+    let options = inv.config.proxy_options(&state.node.pod_cidrs)?;
+    let mut backend = new_backend(inv.config.effective_mode(), options)?;
+    let report = backend.sync(&state, &Changes::full())?;
+    tracing::info!(applied = report.applied, services = state.v4.len() + state.v6.len(), "rules programmed");
+    Ok(())
+}
+
+/// Removes everything any backend of ours programmed (`--cleanup`).
+pub fn cleanup() -> Result<()> {
+    let mut backend = NftablesBackend::with_executor(ProxyOptions::default(), NftCommand::new());
+    backend.cleanup()?;
+    tracing::info!("removed the nftables kube-proxy tables");
+    Ok(())
+}
+
+/// The backend for `mode`, ready to program the kernel.
+fn new_backend(mode: ProxyMode, options: ProxyOptions) -> Result<Box<dyn Backend>> {
+    match mode {
+        ProxyMode::NfTables => Ok(Box::new(NftablesBackend::new(options)?)),
+        mode => bail!(unsupported(mode)),
+    }
+}
+
+fn unsupported(mode: ProxyMode) -> String {
+    format!(
+        "proxy mode {:?} is not implemented by kube-proxy-rs yet; use --proxy-mode nftables \
+         (mode: nftables in the config file)",
+        mode.as_str()
+    )
+}
+
+/// The model of the objects in `files`, through the daemon's builder.
+fn state_from_manifests(config: &KubeProxyConfiguration, files: &[PathBuf]) -> Result<ProxyState> {
+    let objects = manifest::load(files)?;
+    let mut builder = new_builder(config)?;
+    for ev in manifest::listed_events(objects) {
+        builder.handle(ev);
+    }
+    Ok(builder.take_changes().0)
+}
+
+fn new_builder(config: &KubeProxyConfiguration) -> Result<ModelBuilder> {
+    Ok(ModelBuilder::new(config.node_name()?, fallback_node_ips(config)))
+}
+
+/// Node IPs to use until (or unless) the Node object names them: `bindAddress`, when it is
+/// a specific address, as upstream.
+fn fallback_node_ips(config: &KubeProxyConfiguration) -> Vec<IpAddr> {
+    config
+        .bind_address
+        .parse::<IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .into_iter()
+        .collect()
+}
+
+/// Runs the proxy until SIGTERM or SIGINT: watch the API server, keep the model, sync the
+/// backend as the runner says. Rules stay in place when the process stops.
+pub async fn daemon(inv: &Invocation) -> Result<()> {
+    let config = &inv.config;
+    let mode = config.effective_mode();
+    if !matches!(mode, ProxyMode::NfTables) {
+        bail!(unsupported(mode));
+    }
+    let node_name = config.node_name()?;
+    let client = apiserver::client(inv.kubeconfig.as_deref(), inv.master.as_deref())
+        .await
+        .context("building the API client")?;
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    tokio::spawn(apiserver::run(client, node_name.clone(), tx));
+    tracing::info!(node = %node_name, mode = mode.as_str(), "kube-proxy-rs started");
+    let mut proxy = Proxy {
+        config,
+        builder: new_builder(config)?,
+        runner: SyncRunner::new(config.min_sync_period(), config.sync_period()),
+        backend: None,
+    };
+    proxy.run(rx).await
+}
+
+/// The daemon's state: the model, when to sync, and the backend once it exists.
+struct Proxy<'a> {
+    config: &'a KubeProxyConfiguration,
+    builder: ModelBuilder,
+    runner: SyncRunner,
+    /// Created at the first sync, when the Node's podCIDRs are known; rebuilt when the
+    /// options it depends on change.
+    backend: Option<(ProxyOptions, Box<dyn Backend>)>,
+}
+
+impl Proxy<'_> {
+    async fn run(&mut self, mut rx: mpsc::Receiver<crate::sources::SourceEvent>) -> Result<()> {
+        let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
+        loop {
+            let due = self.next_due();
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { bail!("the API watchers stopped") };
+                    self.builder.handle(ev);
+                    // Fold everything already queued in before deciding anything.
+                    while let Ok(ev) = rx.try_recv() {
+                        self.builder.handle(ev);
+                    }
+                    if self.builder.tracker_mut().has_changes() {
+                        self.runner.request();
+                    }
+                }
+                _ = tokio::time::sleep_until(due) => self.sync(),
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        tracing::info!("stopping; the rules stay in place");
+        Ok(())
+    }
+
+    /// When to sync next; never before both initial lists are in.
+    fn next_due(&self) -> Instant {
+        let now = Instant::now();
+        if self.builder.is_synced() {
+            self.runner.next_due(now)
+        } else {
+            now + std::time::Duration::from_secs(3600)
+        }
+    }
+
+    fn sync(&mut self) {
+        let full = self.runner.start(Instant::now());
+        let (state, mut changes) = self.builder.take_changes();
+        changes.full |= full;
+        let result = self.sync_state(&state, &mut changes);
+        if let Err(e) = &result {
+            tracing::error!(error = format!("{e:#}"), "sync failed; retrying with a full sync");
+        }
+        self.runner.finish(Instant::now(), changes.full, result.is_ok());
+    }
+
+    fn sync_state(&mut self, state: &ProxyState, changes: &mut Changes) -> Result<()> {
+        if self.config.local_mode() == LocalMode::NodeCidr && state.node.pod_cidrs.is_empty() {
+            bail!("detectLocalMode is NodeCIDR but Node {:?} has no podCIDRs yet", state.node.name);
+        }
+        let options = self.config.proxy_options(&state.node.pod_cidrs)?;
+        if self.backend.as_ref().is_none_or(|(o, _)| *o != options) {
+            let backend = new_backend(self.config.effective_mode(), options.clone())?;
+            self.backend = Some((options, backend));
+            changes.full = true;
+        }
+        let (_, backend) = self.backend.as_mut().expect("backend was just set");
+        let started = std::time::Instant::now();
+        let report = tokio::task::block_in_place(|| backend.sync(state, changes))?;
+        tracing::info!(
+            full = report.full,
+            applied = report.applied,
+            changed = changes.services.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "synced rules"
+        );
+        Ok(())
+    }
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).context("installing a signal handler")
+}
