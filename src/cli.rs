@@ -452,8 +452,15 @@ enum Sub {
 
 #[derive(Args, Debug)]
 struct Manifests {
-    /// A manifest file or a directory of them (repeatable).
-    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    /// A manifest file or a directory of them (repeatable, or comma-separated as
+    /// kubectl accepts).
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required = true,
+        value_delimiter = ','
+    )]
     files: Vec<PathBuf>,
 }
 
@@ -1290,6 +1297,13 @@ mod tests {
             }
         );
         assert_eq!(inv.config.effective_mode(), ProxyMode::NfTables);
+        let inv = ok("apply -f a.yaml,b.yaml --filename=c/");
+        assert_eq!(
+            inv.command,
+            Command::Apply {
+                files: vec!["a.yaml".into(), "b.yaml".into(), "c/".into()]
+            }
+        );
         let inv = ok("--masquerade-all apply -f x.yaml");
         assert_eq!(
             inv.command,
