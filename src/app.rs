@@ -41,7 +41,11 @@ pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let options = inv.config.proxy_options(&state.node.pod_cidrs)?;
     let mut backend = new_backend(inv.config.effective_mode(), options)?;
     let report = backend.sync(&state, &Changes::full())?;
-    tracing::info!(applied = report.applied, services = state.v4.len() + state.v6.len(), "rules programmed");
+    tracing::info!(
+        applied = report.applied,
+        services = state.v4.len() + state.v6.len(),
+        "rules programmed"
+    );
     Ok(())
 }
 
@@ -80,7 +84,10 @@ fn state_from_manifests(config: &KubeProxyConfiguration, files: &[PathBuf]) -> R
 }
 
 fn new_builder(config: &KubeProxyConfiguration) -> Result<ModelBuilder> {
-    Ok(ModelBuilder::new(config.node_name()?, fallback_node_ips(config)))
+    Ok(ModelBuilder::new(
+        config.node_name()?,
+        fallback_node_ips(config),
+    ))
 }
 
 /// Node IPs to use until (or unless) the Node object names them: `bindAddress`, when it is
@@ -172,14 +179,21 @@ impl Proxy<'_> {
         changes.full |= full;
         let result = self.sync_state(&state, &mut changes);
         if let Err(e) = &result {
-            tracing::error!(error = format!("{e:#}"), "sync failed; retrying with a full sync");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "sync failed; retrying with a full sync"
+            );
         }
-        self.runner.finish(Instant::now(), changes.full, result.is_ok());
+        self.runner
+            .finish(Instant::now(), changes.full, result.is_ok());
     }
 
     fn sync_state(&mut self, state: &ProxyState, changes: &mut Changes) -> Result<()> {
         if self.config.local_mode() == LocalMode::NodeCidr && state.node.pod_cidrs.is_empty() {
-            bail!("detectLocalMode is NodeCIDR but Node {:?} has no podCIDRs yet", state.node.name);
+            bail!(
+                "detectLocalMode is NodeCIDR but Node {:?} has no podCIDRs yet",
+                state.node.name
+            );
         }
         let options = self.config.proxy_options(&state.node.pod_cidrs)?;
         if self.backend.as_ref().is_none_or(|(o, _)| *o != options) {

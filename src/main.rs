@@ -1,9 +1,10 @@
 //! `kube-proxy`: parse the command line, set up logging, run the command.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use kube_proxy::cli::{self, Command, Invocation, LogFormat};
 use kube_proxy::app;
+use kube_proxy::cli::{self, Command, Invocation, LogFormat};
 
 fn main() -> ExitCode {
     let inv = match cli::parse(std::env::args_os()) {
@@ -64,7 +65,10 @@ fn init_logging(inv: &Invocation) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match inv.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
