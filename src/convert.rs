@@ -155,7 +155,14 @@ fn service_skip_reason(svc: &Service) -> Option<&'static str> {
     if spec.type_.as_deref() == Some("ExternalName") {
         return Some("type ExternalName");
     }
-    match spec.cluster_ip.as_deref().unwrap_or("") {
+    // The API server keeps clusterIP equal to clusterIPs[0]; hand-written manifests may
+    // give only one of them.
+    let primary = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
+        .or_else(|| spec.cluster_ips.as_ref()?.first().map(String::as_str));
+    match primary.unwrap_or("") {
         "" => Some("no clusterIP"),
         "None" => Some("headless"),
         _ => None,
@@ -856,4 +863,577 @@ pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
         prefix = prefix.checked_sub(96)?;
     }
     Some(IpNet::new(ip, prefix.try_into().ok()?).ok()?.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("test object deserializes")
+    }
+
+    fn service(spec: Value) -> Service {
+        from(json!({"metadata": {"name": "svc", "namespace": "ns"}, "spec": spec}))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn messages(problems: &[ConvertError]) -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
+    }
+
+    /// Converts and asserts there were no problems.
+    fn clean_ports(svc: &Service) -> Vec<ServicePort> {
+        let c = service_ports(svc);
+        assert_eq!(messages(&c.problems), Vec::<String>::new());
+        c.value
+    }
+
+    #[test]
+    fn plain_cluster_ip_service_with_api_defaults() {
+        let ports = clean_ports(&service(
+            json!({"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}),
+        ));
+        assert_eq!(ports.len(), 1);
+        let p = &ports[0];
+        assert_eq!(p.name.to_string(), "ns/svc");
+        assert_eq!(p.name.protocol, Protocol::Tcp, "protocol defaults to TCP");
+        assert_eq!(
+            (p.family, p.cluster_ip, p.port, p.node_port),
+            (IpFamily::V4, ip("10.96.0.5"), 80, 0)
+        );
+        assert!(p.session_affinity.is_none());
+        assert!(!p.external_policy_local && !p.internal_policy_local);
+        assert_eq!(p.health_check_node_port, 0);
+    }
+
+    #[test]
+    fn cluster_ips_give_one_port_per_family() {
+        let svc = service(json!({
+            "clusterIP": "fd00:10:96::7",
+            "clusterIPs": ["fd00:10:96::7", "10.96.0.7"],
+            "ipFamilies": ["IPv6", "IPv4"],
+            "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+        }));
+        let ports = clean_ports(&svc);
+        let got: Vec<(String, IpFamily, IpAddr)> = ports
+            .iter()
+            .map(|p| (p.name.to_string(), p.family, p.cluster_ip))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ns/svc:http".into(), IpFamily::V4, ip("10.96.0.7")),
+                ("ns/svc:http".into(), IpFamily::V6, ip("fd00:10:96::7")),
+                ("ns/svc:dns".into(), IpFamily::V4, ip("10.96.0.7")),
+                ("ns/svc:dns".into(), IpFamily::V6, ip("fd00:10:96::7")),
+            ]
+        );
+        assert_eq!(ports[2].name.protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn single_cluster_ip_without_cluster_ips_field() {
+        let ports = clean_ports(&service(
+            json!({"clusterIP": "fd00::5", "ports": [{"port": 80}]}),
+        ));
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].family, IpFamily::V6);
+    }
+
+    #[test]
+    fn services_the_proxy_ignores_yield_nothing_and_no_error() {
+        let port = json!([{"port": 80}]);
+        let cases = [
+            service(json!({"clusterIP": "None", "ports": port})),
+            service(json!({"clusterIP": "", "ports": port})),
+            service(json!({"ports": port})),
+            service(
+                json!({"type": "ExternalName", "externalName": "db.example.com", "ports": port}),
+            ),
+            from(json!({
+                "metadata": {"name": "svc", "namespace": "ns",
+                             "labels": {LABEL_SERVICE_PROXY_NAME: "other"}},
+                "spec": {"clusterIP": "10.96.0.5", "ports": port},
+            })),
+            from(json!({
+                "metadata": {"name": "svc", "namespace": "ns", "labels": {LABEL_HEADLESS: ""}},
+                "spec": {"clusterIP": "10.96.0.5", "ports": port},
+            })),
+            from(json!({"metadata": {"name": "svc", "namespace": "ns"}})),
+        ];
+        for svc in &cases {
+            assert_eq!(clean_ports(svc), Vec::new(), "{svc:?}");
+        }
+    }
+
+    #[test]
+    fn node_port_external_ips_and_load_balancer_ips_per_family() {
+        let svc: Service = from(json!({
+            "metadata": {"name": "svc", "namespace": "ns"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIPs": ["10.96.0.9", "fd00::9"],
+                "externalIPs": ["198.51.100.1", "2001:db8::1", "198.51.100.2"],
+                "ports": [{"port": 443, "nodePort": 30443}],
+            },
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "203.0.113.1"},
+                {"ip": "203.0.113.2", "ipMode": "VIP"},
+                {"ip": "203.0.113.3", "ipMode": "Proxy"},
+                {"hostname": "lb.example.com"},
+                {"ip": "2001:db8::10"},
+            ]}},
+        }));
+        let ports = clean_ports(&svc);
+        let (v4, v6) = (&ports[0], &ports[1]);
+        assert_eq!((v4.node_port, v6.node_port), (30443, 30443));
+        assert_eq!(v4.external_ips, [ip("198.51.100.1"), ip("198.51.100.2")]);
+        assert_eq!(v6.external_ips, [ip("2001:db8::1")]);
+        assert_eq!(v4.load_balancer_ips, [ip("203.0.113.1"), ip("203.0.113.2")]);
+        assert_eq!(v6.load_balancer_ips, [ip("2001:db8::10")]);
+    }
+
+    #[test]
+    fn bad_addresses_are_skipped_one_by_one_and_named() {
+        let svc: Service = from(json!({
+            "metadata": {"name": "svc", "namespace": "ns"},
+            "spec": {"clusterIP": "10.96.0.9", "externalIPs": ["nope", "198.51.100.1"], "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "300.1.1.1"}, {"ip": "203.0.113.1"}]}},
+        }));
+        let c = service_ports(&svc);
+        assert_eq!(
+            messages(&c.problems),
+            [
+                r#"Service ns/svc: spec.externalIPs[0]: invalid IP "nope""#,
+                r#"Service ns/svc: status.loadBalancer.ingress[0].ip: invalid IP "300.1.1.1""#,
+            ]
+        );
+        assert_eq!(c.value[0].external_ips, [ip("198.51.100.1")]);
+        assert_eq!(c.value[0].load_balancer_ips, [ip("203.0.113.1")]);
+    }
+
+    #[test]
+    fn source_ranges_are_trimmed_sloppy_and_split_by_family() {
+        let svc = service(json!({
+            "type": "LoadBalancer",
+            "clusterIPs": ["10.96.0.9", "fd00::9"],
+            "loadBalancerSourceRanges": [" 203.0.113.000/025 ", "2001:db8::/32\t", "10.1.2.3/8"],
+            "ports": [{"port": 80, "nodePort": 30080}],
+        }));
+        let ports = clean_ports(&svc);
+        assert_eq!(
+            ports[0].load_balancer_source_ranges,
+            [net("203.0.113.0/25"), net("10.0.0.0/8")]
+        );
+        assert_eq!(ports[1].load_balancer_source_ranges, [net("2001:db8::/32")]);
+    }
+
+    #[test]
+    fn an_invalid_source_range_rejects_the_service_rather_than_widening_it() {
+        let svc = service(json!({
+            "type": "LoadBalancer", "clusterIP": "10.96.0.9",
+            "loadBalancerSourceRanges": ["203.0.113.0/24", "203.0.113.0/33"],
+            "ports": [{"port": 80, "nodePort": 30080}],
+        }));
+        let c = service_ports(&svc);
+        assert!(c.value.is_empty());
+        assert_eq!(
+            messages(&c.problems),
+            [r#"Service ns/svc: spec.loadBalancerSourceRanges[1]: invalid CIDR "203.0.113.0/33""#]
+        );
+    }
+
+    #[test]
+    fn session_affinity_defaults_and_limits() {
+        let affinity = |extra: Value| {
+            let mut spec = json!({"clusterIP": "10.96.0.9", "ports": [{"port": 80}], "sessionAffinity": "ClientIP"});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            service_ports(&service(spec))
+        };
+        let c = affinity(json!({}));
+        assert_eq!(
+            c.value[0].session_affinity,
+            Some(SessionAffinity {
+                timeout_seconds: 10800
+            })
+        );
+        let c = affinity(json!({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}));
+        assert_eq!(
+            c.value[0].session_affinity,
+            Some(SessionAffinity {
+                timeout_seconds: 600
+            })
+        );
+        let c = affinity(json!({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}));
+        assert!(c.value.is_empty());
+        assert_eq!(
+            messages(&c.problems),
+            ["Service ns/svc: spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is out of range 1-86400"]
+        );
+        let none = clean_ports(&service(
+            json!({"clusterIP": "10.96.0.9", "ports": [{"port": 80}], "sessionAffinity": "None"}),
+        ));
+        assert_eq!(none[0].session_affinity, None);
+    }
+
+    #[test]
+    fn external_policy_local_only_counts_when_externally_accessible() {
+        let local = |spec: Value| {
+            let p = &clean_ports(&service(spec))[0];
+            (p.external_policy_local, p.health_check_node_port)
+        };
+        let port = json!([{"port": 80, "nodePort": 30080}]);
+        let cluster_only = json!({"clusterIP": "10.96.0.9", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]});
+        assert_eq!(local(cluster_only), (false, 0));
+        let with_external_ip = json!({"clusterIP": "10.96.0.9", "externalIPs": ["198.51.100.1"],
+                                      "externalTrafficPolicy": "Local", "ports": [{"port": 80}]});
+        assert_eq!(local(with_external_ip), (true, 0));
+        let node_port = json!({"type": "NodePort", "clusterIP": "10.96.0.9", "externalTrafficPolicy": "Local",
+                               "healthCheckNodePort": 32000, "ports": port});
+        assert_eq!(
+            local(node_port),
+            (true, 0),
+            "only LoadBalancers get health checks"
+        );
+        let lb = json!({"type": "LoadBalancer", "clusterIP": "10.96.0.9", "externalTrafficPolicy": "Local",
+                        "healthCheckNodePort": 32000, "ports": port});
+        assert_eq!(local(lb), (true, 32000));
+        let lb_cluster = json!({"type": "LoadBalancer", "clusterIP": "10.96.0.9", "externalTrafficPolicy": "Cluster",
+                                "healthCheckNodePort": 32000, "ports": port});
+        assert_eq!(local(lb_cluster), (false, 0));
+    }
+
+    #[test]
+    fn load_balancer_local_without_health_check_port_is_reported_but_kept() {
+        let svc = service(json!({"type": "LoadBalancer", "clusterIP": "10.96.0.9",
+                                 "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}]}));
+        let c = service_ports(&svc);
+        assert_eq!(c.value.len(), 1);
+        assert_eq!(c.value[0].health_check_node_port, 0);
+        assert_eq!(c.problems.len(), 1);
+        assert_eq!(c.problems[0].field, "spec.healthCheckNodePort");
+    }
+
+    #[test]
+    fn internal_policy_local() {
+        let p = clean_ports(&service(
+            json!({"clusterIP": "10.96.0.9", "internalTrafficPolicy": "Local", "ports": [{"port": 80}]}),
+        ));
+        assert!(p[0].internal_policy_local);
+    }
+
+    #[test]
+    fn bad_ports_are_skipped_and_named_the_rest_kept() {
+        let svc = service(json!({
+            "clusterIP": "10.96.0.9",
+            "ports": [
+                {"name": "ok", "port": 80},
+                {"name": "p1", "port": 81, "protocol": "XYZ"},
+                {"name": "p2", "port": 70000},
+                {"name": "p3", "port": 0},
+                {"name": "p4", "port": 84, "nodePort": -1},
+                {"name": "ok", "port": 85},
+            ],
+        }));
+        let c = service_ports(&svc);
+        assert_eq!(c.value.len(), 1);
+        assert_eq!(c.value[0].name.port, "ok");
+        assert_eq!(
+            messages(&c.problems),
+            [
+                r#"Service ns/svc: spec.ports[1].protocol: unsupported "XYZ""#,
+                "Service ns/svc: spec.ports[2].port: 70000 is out of range 1-65535",
+                "Service ns/svc: spec.ports[3].port: 0 is out of range 1-65535",
+                "Service ns/svc: spec.ports[4].nodePort: -1 is out of range 0-65535",
+                r#"Service ns/svc: spec.ports[5]: duplicate port name "ok" for tcp"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn unusable_services_are_named() {
+        let nameless: Service =
+            from(json!({"metadata": {"namespace": "ns"}, "spec": {"clusterIP": "10.96.0.9"}}));
+        let bad_ip = service(json!({"clusterIP": "10.96.0.999", "ports": [{"port": 80}]}));
+        let bad_type =
+            service(json!({"type": "Weird", "clusterIP": "10.96.0.9", "ports": [{"port": 80}]}));
+        let got: Vec<Vec<String>> = [nameless, bad_ip, bad_type]
+            .iter()
+            .map(|s| {
+                let c = service_ports(s);
+                assert!(c.value.is_empty());
+                messages(&c.problems)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                vec!["Service ns/<unnamed>: metadata.name: missing".to_string()],
+                vec![r#"Service ns/svc: spec.clusterIP[0]: invalid IP "10.96.0.999""#.to_string()],
+                vec![r#"Service ns/svc: spec.type: unsupported "Weird""#.to_string()],
+            ]
+        );
+    }
+
+    fn slice(extra: Value) -> EndpointSlice {
+        let mut v = json!({
+            "metadata": {"name": "svc-abc", "namespace": "ns", "labels": {LABEL_SERVICE_NAME: "svc"}},
+            "addressType": "IPv4",
+            "endpoints": [],
+        });
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        from(v)
+    }
+
+    #[test]
+    fn slice_endpoints_conditions_locality_and_hints() {
+        let s = slice(json!({
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.1", "10.244.0.99"], "nodeName": "node-a"},
+                {"addresses": ["10.244.1.1"], "nodeName": "node-b",
+                 "conditions": {"ready": false, "serving": true, "terminating": true},
+                 "hints": {"forZones": [{"name": "zone-b"}], "forNodes": [{"name": "node-b"}]}},
+                {"addresses": ["10.244.1.2"], "conditions": {"ready": false}},
+                {"addresses": []},
+            ],
+        }));
+        let c = endpoint_slice(&s, "node-a");
+        assert_eq!(messages(&c.problems), Vec::<String>::new());
+        let got = c.value.unwrap();
+        assert_eq!(got.service, ObjectKey::new("ns", "svc"));
+        assert_eq!(got.family, IpFamily::V4);
+        assert_eq!(
+            got.ports,
+            [
+                SlicePort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 8080
+                },
+                SlicePort {
+                    name: "dns".into(),
+                    protocol: Protocol::Udp,
+                    port: 53
+                },
+            ]
+        );
+        let eps = &got.endpoints;
+        assert_eq!(eps.len(), 3);
+        assert_eq!(
+            (
+                eps[0].ip,
+                eps[0].ready,
+                eps[0].serving,
+                eps[0].terminating,
+                eps[0].is_local
+            ),
+            (ip("10.244.0.1"), true, true, false, true)
+        );
+        assert_eq!(
+            (
+                eps[1].ready,
+                eps[1].serving,
+                eps[1].terminating,
+                eps[1].is_local
+            ),
+            (false, true, true, false)
+        );
+        assert_eq!(eps[1].zone_hints.iter().collect::<Vec<_>>(), ["zone-b"]);
+        assert_eq!(eps[1].node_hints.iter().collect::<Vec<_>>(), ["node-b"]);
+        assert_eq!(
+            (eps[2].ready, eps[2].serving, eps[2].is_local),
+            (false, true, false)
+        );
+    }
+
+    #[test]
+    fn slices_the_proxy_ignores() {
+        let fqdn =
+            slice(json!({"addressType": "FQDN", "endpoints": [{"addresses": ["db.example.com"]}]}));
+        let other_proxy: EndpointSlice = from(json!({
+            "metadata": {"name": "x", "namespace": "ns",
+                         "labels": {LABEL_SERVICE_NAME: "svc", LABEL_SERVICE_PROXY_NAME: "other"}},
+            "addressType": "IPv4", "endpoints": [],
+        }));
+        for s in [fqdn, other_proxy] {
+            let c = endpoint_slice(&s, "node-a");
+            assert_eq!((c.value, c.problems), (None, Vec::new()));
+        }
+    }
+
+    #[test]
+    fn bad_slices_and_slice_parts_are_named() {
+        let unlabelled: EndpointSlice = from(json!({
+            "metadata": {"name": "orphan", "namespace": "ns"}, "addressType": "IPv4", "endpoints": [],
+        }));
+        let c = endpoint_slice(&unlabelled, "node-a");
+        assert!(c.value.is_none());
+        assert_eq!(
+            messages(&c.problems),
+            ["EndpointSlice ns/orphan: metadata.labels[kubernetes.io/service-name]: missing"]
+        );
+
+        let s = slice(json!({
+            "ports": [{"port": 80}, {"name": "a", "protocol": "XYZ", "port": 80}, {"name": "b"},
+                      {"name": "c", "port": 65536}, {"name": "d"}],
+            "endpoints": [{"addresses": ["fd00::1"]}, {"addresses": ["10.0.0.256"]}, {"addresses": ["10.0.0.1"]}],
+        }));
+        let c = endpoint_slice(&s, "node-a");
+        assert_eq!(
+            messages(&c.problems),
+            [
+                "EndpointSlice ns/svc-abc: ports[0].name: missing, port ignored",
+                r#"EndpointSlice ns/svc-abc: ports[1].protocol: unsupported "XYZ""#,
+                "EndpointSlice ns/svc-abc: ports[2].port: missing",
+                "EndpointSlice ns/svc-abc: ports[3].port: 65536 is out of range 1-65535",
+                "EndpointSlice ns/svc-abc: ports[4].port: missing",
+                "EndpointSlice ns/svc-abc: endpoints[0].addresses[0]: fd00::1 is not IPv4",
+                r#"EndpointSlice ns/svc-abc: endpoints[1].addresses[0]: invalid IP "10.0.0.256""#,
+            ]
+        );
+        let got = c.value.unwrap();
+        assert!(got.ports.is_empty());
+        assert_eq!(got.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn trigger_time_annotation() {
+        let annotated = |t: &str| -> EndpointSlice {
+            from(json!({
+                "metadata": {"name": "s", "namespace": "ns",
+                             "annotations": {ANNOTATION_LAST_CHANGE_TRIGGER_TIME: t}},
+                "addressType": "IPv4", "endpoints": [],
+            }))
+        };
+        let t = trigger_time(&annotated("2026-02-20T11:02:17.5Z")).unwrap();
+        let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(since_epoch.as_millis(), 1_771_585_337_500);
+        assert_eq!(trigger_time(&annotated("yesterday")), None);
+        assert_eq!(trigger_time(&slice(json!({}))), None);
+    }
+
+    fn node(addresses: Value, spec: Value) -> Node {
+        from(json!({
+            "metadata": {"name": "node-a", "labels": {LABEL_TOPOLOGY_ZONE: "zone-a"}},
+            "spec": spec,
+            "status": {"addresses": addresses},
+        }))
+    }
+
+    #[test]
+    fn node_ips_prefer_internal_then_external_one_per_family() {
+        let n = node(
+            json!([
+                {"type": "Hostname", "address": "node-a"},
+                {"type": "ExternalIP", "address": "203.0.113.5"},
+                {"type": "ExternalIP", "address": "2001:db8::5"},
+                {"type": "InternalIP", "address": "192.0.2.5"},
+                {"type": "InternalIP", "address": "192.0.2.6"},
+            ]),
+            json!({"podCIDR": "10.244.0.0/24"}),
+        );
+        let facts = node_facts(&n).log();
+        assert_eq!(facts.zone.as_deref(), Some("zone-a"));
+        assert_eq!(facts.ips, [ip("192.0.2.5"), ip("2001:db8::5")]);
+        assert_eq!(
+            facts.pod_cidrs,
+            [net("10.244.0.0/24")],
+            "podCIDR when podCIDRs is unset"
+        );
+
+        let v6_primary = node(
+            json!([{"type": "InternalIP", "address": "2001:db8::7"}, {"type": "InternalIP", "address": "192.0.2.7"}]),
+            json!({"podCIDR": "10.244.0.0/24", "podCIDRs": ["fd00:10:244::/64", "10.244.0.0/24"]}),
+        );
+        let facts = node_facts(&v6_primary).log();
+        assert_eq!(facts.ips, [ip("2001:db8::7"), ip("192.0.2.7")]);
+        assert_eq!(
+            facts.pod_cidrs,
+            [net("fd00:10:244::/64"), net("10.244.0.0/24")]
+        );
+    }
+
+    #[test]
+    fn node_problems_are_named() {
+        let n = node(
+            json!([{"type": "InternalIP", "address": "bogus"}]),
+            json!({"podCIDRs": ["10.244.0.0/99"]}),
+        );
+        let c = node_facts(&n);
+        assert!(c.value.ips.is_empty() && c.value.pod_cidrs.is_empty());
+        assert_eq!(
+            messages(&c.problems),
+            [
+                r#"Node node-a: status.addresses[0].address: invalid IP "bogus""#,
+                r#"Node node-a: spec.podCIDRs[0]: invalid CIDR "10.244.0.0/99""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn service_cidr_ranges() {
+        let sc: ServiceCIDR = from(json!({"metadata": {"name": "kubernetes"},
+                                          "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/112", "x"]}}));
+        let c = service_cidrs(&sc);
+        assert_eq!(c.value, [net("10.96.0.0/16"), net("fd00:10:96::/112")]);
+        assert_eq!(
+            messages(&c.problems),
+            [r#"ServiceCIDR kubernetes: spec.cidrs[2]: invalid CIDR "x""#]
+        );
+    }
+
+    #[test]
+    fn sloppy_ip_parsing_like_go() {
+        let cases = [
+            ("10.1.2.3", Some("10.1.2.3")),
+            ("010.001.000.001", Some("10.1.0.1")),
+            ("0000000000010.0.0.1", Some("10.0.0.1")),
+            ("::ffff:1.2.3.4", Some("1.2.3.4")),
+            ("::ffff:001.002.003.004", Some("1.2.3.4")),
+            ("2001:db8::1", Some("2001:db8::1")),
+            ("256.1.1.1", None),
+            ("1.2.3", None),
+            ("1.2.3.4.5", None),
+            ("+1.2.3.4", None),
+            ("1..2.3", None),
+            ("", None),
+            ("fe80::1%eth0", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_ip_sloppy(input), want.map(ip), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn sloppy_cidr_parsing_like_go() {
+        let cases = [
+            ("203.0.113.000/025", Some("203.0.113.0/25")),
+            ("10.1.2.3/8", Some("10.0.0.0/8")),
+            ("fd00::1/64", Some("fd00::/64")),
+            ("0.0.0.0/0", Some("0.0.0.0/0")),
+            ("::ffff:10.0.0.0/104", Some("10.0.0.0/8")),
+            ("10.0.0.0/33", None),
+            ("10.0.0.0/", None),
+            ("10.0.0.0", None),
+            ("10.0.0.0/-1", None),
+            ("fd00::/129", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_cidr_sloppy(input), want.map(net), "{input:?}");
+        }
+    }
 }

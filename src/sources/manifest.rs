@@ -117,17 +117,18 @@ fn load_file(path: &Path, out: &mut Vec<Object>) -> Result<(), ManifestError> {
         path: path.to_owned(),
         source,
     })?;
-    let docs = if path.extension().is_some_and(|e| e == "json") {
-        json_documents(&text)
-    } else {
-        yaml_documents(&text)
-    };
+    let docs: Box<dyn Iterator<Item = Result<Value, String>>> =
+        if path.extension().is_some_and(|e| e == "json") {
+            Box::new(json_documents(&text))
+        } else {
+            Box::new(yaml_documents(&text))
+        };
     let doc_err = |document, message| ManifestError::Document {
         path: path.to_owned(),
         document,
         message,
     };
-    for (i, doc) in docs.into_iter().enumerate() {
+    for (i, doc) in docs.enumerate() {
         let document = i + 1;
         match doc.map_err(|e| doc_err(document, e))? {
             Value::Null => {}
@@ -148,19 +149,19 @@ fn read_text(path: &Path) -> std::io::Result<String> {
     }
 }
 
-fn yaml_documents(text: &str) -> Vec<Result<Value, String>> {
+/// The documents of a YAML file, lazily: after a syntax error the parser cannot find the
+/// next document and repeats the error forever, so callers stop at the first one.
+fn yaml_documents(text: &str) -> impl Iterator<Item = Result<Value, String>> + '_ {
     serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).map_err(|e| e.to_string()))
-        .collect()
 }
 
 /// JSON is parsed with a JSON parser (YAML parsers trip over tab indentation); a file may
 /// hold several concatenated values, as `kubectl get -o json` of several calls would.
-fn json_documents(text: &str) -> Vec<Result<Value, String>> {
+fn json_documents(text: &str) -> impl Iterator<Item = Result<Value, String>> + '_ {
     serde_json::Deserializer::from_str(text)
         .into_iter::<Value>()
         .map(|v| v.map_err(|e| e.to_string()))
-        .collect()
 }
 
 /// Adds the object in `doc`, or the items of a `List`, to `out`.
