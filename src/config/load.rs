@@ -128,8 +128,12 @@ fn describe(path: &str, message: &str) -> String {
 
 /// serde_norway starts its messages with the (partial) path; we add the full one.
 fn strip_location_prefix<'m>(path: &str, message: &'m str) -> &'m str {
+    let is_path_prefix = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    };
     match message.split_once(": ") {
-        Some((prefix, rest)) if !prefix.is_empty() && path.starts_with(prefix) => rest,
+        Some((prefix, rest)) if !prefix.is_empty() && is_path_prefix(prefix) => rest,
         _ => message,
     }
 }
