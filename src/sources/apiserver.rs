@@ -153,6 +153,9 @@ fn master_url(master: &str, tls: bool) -> Result<http::Uri, ClientError> {
 /// logged and retried, never fatal. ServiceCIDRs are only watched when the server serves
 /// them; when it does not, nothing at all is sent for that kind.
 pub async fn run(client: Client, node_name: String, tx: Sender<SourceEvent>) {
+    // Lists stay consistent reads (`resourceVersion` unset, 500 per page): since 1.31 the
+    // server answers them from its watch cache, and unlike kube-rs' `Any` semantic a relist
+    // after `410 Gone` can never go back in time to an older cache.
     let services = watcher::Config::default().labels(SERVICE_LABEL_SELECTOR);
     let node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let all = futures::future::join4(
@@ -230,10 +233,11 @@ async fn forward<K: Watched>(
                 listing.get_or_insert_with(Vec::new).push(obj.into_object());
                 None
             }
-            Ok(Event::InitDone) => Some(SourceEvent::Listed(
-                K::KIND,
-                listing.take().unwrap_or_default(),
-            )),
+            Ok(Event::InitDone) => {
+                let objects = listing.take().unwrap_or_default();
+                debug!(kind = ?K::KIND, count = objects.len(), "listed");
+                Some(SourceEvent::Listed(K::KIND, objects))
+            }
             Ok(Event::Apply(obj)) => Some(SourceEvent::Applied(obj.into_object())),
             Ok(Event::Delete(obj)) => Some(SourceEvent::Deleted(obj.into_object())),
             Err(err) => {
