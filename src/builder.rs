@@ -425,3 +425,788 @@ fn logged_key(
         .inspect_err(|e| tracing::warn!("{e}"))
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::manifest::listed_events;
+    use kube_proxy_model::Protocol;
+    use serde_json::{json, Value};
+
+    fn from<T: serde::de::DeserializeOwned>(v: Value) -> Box<T> {
+        Box::new(serde_json::from_value(v).expect("test object deserializes"))
+    }
+
+    /// A Service `ns/name` with `cluster_ips` and ports `(name, port, protocol)`.
+    fn service(
+        name: &str,
+        cluster_ips: &[&str],
+        ports: &[(&str, u16, &str)],
+        extra: Value,
+    ) -> Object {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto}))
+            .collect();
+        let mut spec =
+            json!({"clusterIP": cluster_ips[0], "clusterIPs": cluster_ips, "ports": ports});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        Object::Service(from(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "ns"}, "spec": spec,
+        })))
+    }
+
+    /// An endpoint: address, node, ready, zone hint.
+    type Ep<'a> = (&'a str, Option<&'a str>, bool, Option<&'a str>);
+
+    fn slice(
+        name: &str,
+        svc: &str,
+        family: &str,
+        ports: &[(&str, u16, &str)],
+        eps: &[Ep],
+    ) -> Object {
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto}))
+            .collect();
+        let eps: Vec<Value> = eps
+            .iter()
+            .map(|(ip, node, ready, zone)| {
+                let mut ep =
+                    json!({"addresses": [ip], "conditions": {"ready": ready, "serving": ready}});
+                if let Some(node) = node {
+                    ep["nodeName"] = json!(node);
+                }
+                if let Some(zone) = zone {
+                    ep["hints"] = json!({"forZones": [{"name": zone}]});
+                }
+                ep
+            })
+            .collect();
+        Object::EndpointSlice(from(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "ns", "labels": {convert::LABEL_SERVICE_NAME: svc}},
+            "addressType": family, "ports": ports, "endpoints": eps,
+        })))
+    }
+
+    fn node(name: &str, zone: Option<&str>, ips: &[&str]) -> Object {
+        let labels = zone.map(|z| json!({kube_proxy_model::LABEL_TOPOLOGY_ZONE: z}));
+        let addresses: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"type": "InternalIP", "address": ip}))
+            .collect();
+        Object::Node(from(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "status": {"addresses": addresses},
+        })))
+    }
+
+    fn service_cidr(name: &str, cidrs: &[&str]) -> Object {
+        Object::ServiceCidr(from(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": name}, "spec": {"cidrs": cidrs},
+        })))
+    }
+
+    const HTTP: (&str, u16, &str) = ("http", 80, "TCP");
+    const HTTP_TARGET: (&str, u16, &str) = ("http", 8080, "TCP");
+
+    fn synced(objects: Vec<Object>) -> ModelBuilder {
+        let mut b = ModelBuilder::new("node-a".into(), Vec::new());
+        for ev in listed_events(objects) {
+            b.handle(ev);
+        }
+        b.take_changes();
+        b
+    }
+
+    fn web_port() -> ServicePortName {
+        ServicePortName {
+            namespace: "ns".into(),
+            name: "web".into(),
+            port: "http".into(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn endpoints(b: &ModelBuilder, family: IpFamily) -> Vec<String> {
+        let entry = &b.state().services(family)[&web_port()];
+        entry.endpoints.iter().map(|e| e.to_string()).collect()
+    }
+
+    fn changed(changes: &Changes) -> Vec<String> {
+        changes.services.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn nothing_is_synced_before_services_and_slices_are_listed() {
+        let mut b = ModelBuilder::new("node-a".into(), Vec::new());
+        assert!(!b.is_synced());
+        b.handle(SourceEvent::Listed(Kind::Node, Vec::new()));
+        b.handle(SourceEvent::Applied(service(
+            "web",
+            &["10.96.0.1"],
+            &[HTTP],
+            json!({}),
+        )));
+        b.handle(SourceEvent::Listed(Kind::Service, Vec::new()));
+        assert!(!b.is_synced(), "EndpointSlices not listed yet");
+        b.handle(SourceEvent::Listed(Kind::EndpointSlice, Vec::new()));
+        assert!(b.is_synced());
+        let (state, changes) = b.take_changes();
+        assert!(changes.full, "first sync is full");
+        assert!(
+            state.v4.is_empty(),
+            "the Service applied before the list is not in it"
+        );
+        assert!(!b.take_changes().1.full);
+    }
+
+    #[test]
+    fn slices_are_merged_changed_and_deleted_independently() {
+        let svc = service("web", &["10.96.0.1"], &[HTTP], json!({}));
+        let a = slice(
+            "web-a",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", Some("node-a"), true, None)],
+        );
+        let b_ = slice(
+            "web-b",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.2", Some("node-b"), true, None)],
+        );
+        let mut b = synced(vec![svc, a.clone(), b_]);
+        assert_eq!(
+            endpoints(&b, IpFamily::V4),
+            ["10.0.0.1:8080", "10.0.0.2:8080"]
+        );
+        assert!(b.state().v4[&web_port()].endpoints[0].is_local);
+
+        let b2 = slice(
+            "web-b",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.3", None, true, None)],
+        );
+        b.handle(SourceEvent::Applied(b2));
+        assert_eq!(
+            endpoints(&b, IpFamily::V4),
+            ["10.0.0.1:8080", "10.0.0.3:8080"]
+        );
+
+        b.handle(SourceEvent::Deleted(a));
+        assert_eq!(endpoints(&b, IpFamily::V4), ["10.0.0.3:8080"]);
+        let (_, changes) = b.take_changes();
+        assert_eq!(changed(&changes), ["ns/web:http"]);
+        assert!(!changes.full);
+    }
+
+    #[test]
+    fn duplicate_endpoints_across_slices_prefer_the_local_copy_then_the_first_slice() {
+        let svc = service("web", &["10.96.0.1"], &[HTTP], json!({}));
+        let a = slice(
+            "web-a",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", None, false, None)],
+        );
+        let z = slice(
+            "web-z",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", Some("node-a"), true, None)],
+        );
+        let b = synced(vec![svc.clone(), a.clone(), z]);
+        let ep = &b.state().v4[&web_port()].endpoints;
+        assert_eq!(ep.len(), 1);
+        assert!(ep[0].is_local && ep[0].ready);
+
+        let z_remote = slice(
+            "web-z",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", None, true, None)],
+        );
+        let b = synced(vec![svc, a, z_remote]);
+        let ep = &b.state().v4[&web_port()].endpoints;
+        assert!(!ep[0].ready, "web-a sorts first");
+    }
+
+    #[test]
+    fn slices_match_service_ports_by_name_protocol_and_family() {
+        let svc = service(
+            "web",
+            &["10.96.0.1", "fd00::1"],
+            &[HTTP, ("dns", 53, "UDP")],
+            json!({"ipFamilies": ["IPv4", "IPv6"]}),
+        );
+        let v4 = slice(
+            "web-4",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET, ("dns", 5353, "TCP"), ("other", 9, "TCP")],
+            &[("10.0.0.1", None, true, None)],
+        );
+        let v6 = slice(
+            "web-6",
+            "web",
+            "IPv6",
+            &[HTTP_TARGET],
+            &[("fd00::10", None, true, None)],
+        );
+        let b = synced(vec![svc, v4, v6]);
+        assert_eq!(endpoints(&b, IpFamily::V4), ["10.0.0.1:8080"]);
+        assert_eq!(endpoints(&b, IpFamily::V6), ["[fd00::10]:8080"]);
+        let dns = ServicePortName {
+            port: "dns".into(),
+            protocol: Protocol::Udp,
+            ..web_port()
+        };
+        assert!(
+            b.state().v4[&dns].endpoints.is_empty(),
+            "dns/TCP in the slice is not dns/UDP"
+        );
+        assert_eq!(b.state().v4.len(), 2);
+    }
+
+    #[test]
+    fn a_slice_can_arrive_before_its_service_and_move_to_another_service() {
+        let mut b = synced(Vec::new());
+        let s = slice(
+            "web-a",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", None, true, None)],
+        );
+        b.handle(SourceEvent::Applied(s));
+        assert!(b.take_changes().1.is_empty());
+        b.handle(SourceEvent::Applied(service(
+            "web",
+            &["10.96.0.1"],
+            &[HTTP],
+            json!({}),
+        )));
+        b.handle(SourceEvent::Applied(service(
+            "api",
+            &["10.96.0.2"],
+            &[HTTP],
+            json!({}),
+        )));
+        assert_eq!(endpoints(&b, IpFamily::V4), ["10.0.0.1:8080"]);
+        b.take_changes();
+
+        let moved = slice(
+            "web-a",
+            "api",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", None, true, None)],
+        );
+        b.handle(SourceEvent::Applied(moved));
+        assert!(endpoints(&b, IpFamily::V4).is_empty());
+        assert_eq!(changed(&b.take_changes().1), ["ns/api:http", "ns/web:http"]);
+    }
+
+    #[test]
+    fn relist_removes_phantoms_and_an_identical_relist_changes_nothing() {
+        let web = service("web", &["10.96.0.1"], &[HTTP], json!({}));
+        let api = service("api", &["10.96.0.2"], &[HTTP], json!({}));
+        let s = slice(
+            "web-a",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", None, true, None)],
+        );
+        let mut b = synced(vec![web.clone(), api.clone(), s.clone()]);
+
+        for ev in listed_events(vec![web.clone(), api.clone(), s.clone()]) {
+            b.handle(ev);
+        }
+        assert!(b.take_changes().1.is_empty(), "relist of the same objects");
+
+        b.handle(SourceEvent::Listed(Kind::Service, vec![web]));
+        b.handle(SourceEvent::Listed(Kind::EndpointSlice, Vec::new()));
+        let (state, changes) = b.take_changes();
+        assert_eq!(changed(&changes), ["ns/api:http", "ns/web:http"]);
+        assert_eq!(state.v4.len(), 1);
+        assert!(endpoints(&b, IpFamily::V4).is_empty());
+    }
+
+    #[test]
+    fn an_event_for_one_service_reports_only_that_service() {
+        let mut objects: Vec<Object> = (0..50)
+            .map(|i| {
+                service(
+                    &format!("s{i}"),
+                    &[&format!("10.96.0.{i}")],
+                    &[HTTP],
+                    json!({}),
+                )
+            })
+            .collect();
+        objects.push(service("web", &["10.96.1.1"], &[HTTP], json!({})));
+        let mut b = synced(objects);
+        b.handle(SourceEvent::Applied(slice(
+            "web-a",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[("10.0.0.1", None, true, None)],
+        )));
+        b.handle(SourceEvent::Applied(service(
+            "s7",
+            &["10.96.0.7"],
+            &[("http", 81, "TCP")],
+            json!({}),
+        )));
+        b.handle(SourceEvent::Applied(service(
+            "s8",
+            &["10.96.0.8"],
+            &[HTTP],
+            json!({}),
+        )));
+        let (_, changes) = b.take_changes();
+        assert_eq!(
+            changed(&changes),
+            ["ns/s7:http", "ns/web:http"],
+            "s8 did not change"
+        );
+    }
+
+    #[test]
+    fn a_zone_change_recategorizes_and_forces_a_full_sync() {
+        let svc = service("web", &["10.96.0.1"], &[HTTP], json!({}));
+        let s = slice(
+            "web-a",
+            "web",
+            "IPv4",
+            &[HTTP_TARGET],
+            &[
+                ("10.0.0.1", None, true, Some("zone-a")),
+                ("10.0.0.2", None, true, Some("zone-b")),
+            ],
+        );
+        let mut b = synced(vec![node("node-a", Some("zone-a"), &["192.0.2.1"]), svc, s]);
+        let cluster = |b: &ModelBuilder| -> Vec<String> {
+            let e = &b.state().v4[&web_port()];
+            e.categorized
+                .cluster
+                .iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        assert_eq!(cluster(&b), ["10.0.0.1:8080"]);
+
+        b.handle(SourceEvent::Applied(node(
+            "node-b",
+            Some("zone-c"),
+            &["192.0.2.2"],
+        )));
+        assert!(
+            b.take_changes().1.is_empty(),
+            "another node changes nothing"
+        );
+
+        b.handle(SourceEvent::Applied(node(
+            "node-a",
+            Some("zone-b"),
+            &["192.0.2.1"],
+        )));
+        assert_eq!(cluster(&b), ["10.0.0.2:8080"]);
+        let (state, changes) = b.take_changes();
+        assert!(changes.full);
+        assert_eq!(changed(&changes), ["ns/web:http"]);
+        assert_eq!(state.node.zone.as_deref(), Some("zone-b"));
+
+        b.handle(SourceEvent::Deleted(node(
+            "node-a",
+            Some("zone-b"),
+            &["192.0.2.1"],
+        )));
+        assert_eq!(
+            cluster(&b),
+            ["10.0.0.1:8080", "10.0.0.2:8080"],
+            "no zone: no topology"
+        );
+    }
+
+    #[test]
+    fn node_ips_fall_back_per_family_and_service_cidrs_are_merged() {
+        let fallback = vec![
+            "198.51.100.1".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ];
+        let mut b = ModelBuilder::new("Node-A ".into(), fallback.clone());
+        assert_eq!(b.state().node.name, "node-a");
+        assert_eq!(b.state().node.ips, fallback);
+        b.handle(SourceEvent::Applied(node("node-a", None, &["192.0.2.1"])));
+        let want: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        assert_eq!(b.state().node.ips, want);
+
+        b.handle(SourceEvent::Applied(service_cidr(
+            "b",
+            &["fd00::/112", "10.96.0.0/16"],
+        )));
+        b.handle(SourceEvent::Applied(service_cidr(
+            "a",
+            &["10.96.0.0/16", "10.97.0.0/16"],
+        )));
+        let cidrs: Vec<String> = b
+            .state()
+            .node
+            .service_cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(cidrs, ["10.96.0.0/16", "10.97.0.0/16", "fd00::/112"]);
+        b.handle(SourceEvent::Deleted(service_cidr("b", &[])));
+        assert_eq!(b.state().node.service_cidrs.len(), 2);
+    }
+
+    #[test]
+    fn a_service_that_becomes_unusable_loses_its_entries_and_nothing_else() {
+        let mut b = synced(vec![
+            service("web", &["10.96.0.1"], &[HTTP], json!({})),
+            service("api", &["10.96.0.2"], &[HTTP], json!({})),
+        ]);
+        b.handle(SourceEvent::Applied(service(
+            "web",
+            &["10.96.0.1"],
+            &[HTTP],
+            json!({"type": "Bogus"}),
+        )));
+        b.handle(SourceEvent::Applied(service(
+            "api",
+            &["not-an-ip"],
+            &[HTTP],
+            json!({"type": "Bogus"}),
+        )));
+        let nameless = Object::Service(from(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {}}),
+        ));
+        b.handle(SourceEvent::Applied(nameless));
+        let (state, changes) = b.take_changes();
+        assert_eq!(changed(&changes), ["ns/api:http", "ns/web:http"]);
+        assert!(state.v4.is_empty());
+    }
+
+    #[test]
+    fn trigger_times_count_only_for_changed_slices_after_start() {
+        let mut b = synced(vec![service("web", &["10.96.0.1"], &[HTTP], json!({}))]);
+        let stamped = |t: &str, ip: &str| {
+            let Object::EndpointSlice(mut s) = slice(
+                "web-a",
+                "web",
+                "IPv4",
+                &[HTTP_TARGET],
+                &[(ip, None, true, None)],
+            ) else {
+                unreachable!()
+            };
+            s.metadata.annotations = Some(
+                [(
+                    convert::ANNOTATION_LAST_CHANGE_TRIGGER_TIME.to_string(),
+                    t.to_string(),
+                )]
+                .into(),
+            );
+            Object::EndpointSlice(s)
+        };
+        b.handle(SourceEvent::Applied(stamped(
+            "2000-01-01T00:00:00Z",
+            "10.0.0.1",
+        )));
+        assert!(
+            b.take_changes().1.trigger_times.is_empty(),
+            "older than the proxy"
+        );
+        b.handle(SourceEvent::Applied(stamped(
+            "2999-01-01T00:00:00Z",
+            "10.0.0.2",
+        )));
+        b.handle(SourceEvent::Applied(stamped(
+            "2999-01-01T00:00:01Z",
+            "10.0.0.2",
+        )));
+        assert_eq!(
+            b.take_changes().1.trigger_times.len(),
+            1,
+            "the second apply changed nothing"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const ZONES: [Option<&str>; 3] = [None, Some("zone-a"), Some("zone-b")];
+        const PORT_SETS: [&[(&str, u16, &str)]; 3] = [
+            &[("http", 80, "TCP")],
+            &[("http", 80, "TCP"), ("dns", 53, "UDP")],
+            &[("", 8080, "TCP")],
+        ];
+        const TARGETS: [&[(&str, u16, &str)]; 4] = [
+            &[("http", 8080, "TCP")],
+            &[("http", 8081, "TCP"), ("dns", 53, "UDP")],
+            &[("", 8080, "TCP")],
+            &[],
+        ];
+
+        /// One generated object: which slot it occupies and how it looks.
+        #[derive(Debug, Clone)]
+        enum Gen {
+            Service {
+                slot: u8,
+                families: u8,
+                ports: usize,
+                etp_local: bool,
+                itp_local: bool,
+                node_port: bool,
+            },
+            Slice {
+                slot: u8,
+                service: u8,
+                v6: bool,
+                ports: usize,
+                eps: Vec<(u8, u8, bool, usize)>,
+            },
+            Node {
+                ours: bool,
+                zone: usize,
+                ip: u8,
+            },
+            Cidr {
+                slot: u8,
+                wide: bool,
+            },
+        }
+
+        impl Gen {
+            fn slot(&self) -> (u8, u8) {
+                match self {
+                    Gen::Service { slot, .. } => (0, *slot),
+                    Gen::Slice { slot, .. } => (1, *slot),
+                    Gen::Node { ours, .. } => (2, u8::from(*ours)),
+                    Gen::Cidr { slot, .. } => (3, *slot),
+                }
+            }
+
+            fn object(&self) -> Object {
+                match self {
+                    Gen::Service {
+                        slot,
+                        families,
+                        ports,
+                        etp_local,
+                        itp_local,
+                        node_port,
+                    } => {
+                        let v4 = format!("10.96.0.{slot}");
+                        let v6 = format!("fd00::{slot}");
+                        let ips: Vec<&str> = match families {
+                            0 => vec![&v4],
+                            1 => vec![&v6],
+                            2 => vec![&v4, &v6],
+                            _ => vec!["None"],
+                        };
+                        let mut extra = json!({
+                            "externalTrafficPolicy": if *etp_local { "Local" } else { "Cluster" },
+                            "internalTrafficPolicy": if *itp_local { "Local" } else { "Cluster" },
+                        });
+                        if *node_port {
+                            extra["type"] = json!("NodePort");
+                        }
+                        service(&format!("s{slot}"), &ips, PORT_SETS[*ports], extra)
+                    }
+                    Gen::Slice {
+                        slot,
+                        service,
+                        v6,
+                        ports,
+                        eps,
+                    } => {
+                        let addrs: Vec<String> = eps
+                            .iter()
+                            .map(|(ip, ..)| {
+                                if *v6 {
+                                    format!("fd00:10::{ip}")
+                                } else {
+                                    format!("10.0.0.{ip}")
+                                }
+                            })
+                            .collect();
+                        let nodes = [None, Some("node-a"), Some("node-b")];
+                        let eps: Vec<Ep> = eps
+                            .iter()
+                            .zip(&addrs)
+                            .map(|((_, node, ready, zone), a)| {
+                                (a.as_str(), nodes[*node as usize], *ready, ZONES[*zone])
+                            })
+                            .collect();
+                        let family = if *v6 { "IPv6" } else { "IPv4" };
+                        slice(
+                            &format!("e{slot}"),
+                            &format!("s{service}"),
+                            family,
+                            TARGETS[*ports],
+                            &eps,
+                        )
+                    }
+                    Gen::Node { ours, zone, ip } => {
+                        let name = if *ours { "node-a" } else { "node-b" };
+                        node(name, ZONES[*zone], &[&format!("192.0.2.{ip}")])
+                    }
+                    Gen::Cidr { slot, wide } => service_cidr(
+                        &format!("c{slot}"),
+                        &[if *wide {
+                            "10.96.0.0/12"
+                        } else {
+                            "10.96.0.0/16"
+                        }],
+                    ),
+                }
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Apply(Gen),
+            /// Deletes whatever occupies the slot of this generated object.
+            Delete(Gen),
+            Take,
+        }
+
+        fn gen() -> impl Strategy<Value = Gen> {
+            let ep = (0u8..4, 0u8..3, any::<bool>(), 0usize..3);
+            prop_oneof![
+                4 => (0u8..3, 0u8..4, 0usize..3, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                    |(slot, families, ports, etp_local, itp_local, node_port)| Gen::Service {
+                        slot, families, ports, etp_local, itp_local, node_port
+                    }
+                ),
+                6 => (0u8..4, 0u8..3, any::<bool>(), 0usize..4, proptest::collection::vec(ep, 0..4))
+                    .prop_map(|(slot, service, v6, ports, eps)| Gen::Slice { slot, service, v6, ports, eps }),
+                2 => (any::<bool>(), 0usize..3, 1u8..3).prop_map(|(ours, zone, ip)| Gen::Node { ours, zone, ip }),
+                1 => (0u8..2, any::<bool>()).prop_map(|(slot, wide)| Gen::Cidr { slot, wide }),
+            ]
+        }
+
+        fn ops() -> impl Strategy<Value = Vec<Op>> {
+            let op = prop_oneof![
+                6 => gen().prop_map(Op::Apply),
+                2 => gen().prop_map(Op::Delete),
+                1 => Just(Op::Take),
+            ];
+            proptest::collection::vec(op, 0..40)
+        }
+
+        /// The service ports whose entry differs between two states, in either family.
+        fn differing(a: &ProxyState, b: &ProxyState) -> BTreeSet<ServicePortName> {
+            let mut out = BTreeSet::new();
+            for family in IpFamily::ALL {
+                let (x, y) = (a.services(family), b.services(family));
+                for name in x.keys().chain(y.keys()) {
+                    if x.get(name) != y.get(name) {
+                        out.insert(name.clone());
+                    }
+                }
+            }
+            out
+        }
+
+        /// Plays one op on the objects `current` in the cluster and, unless the watch is
+        /// down (`b` is `None`), on the builder. Returns false for `Take`.
+        fn step(
+            op: &Op,
+            current: &mut BTreeMap<(u8, u8), Object>,
+            b: Option<&mut ModelBuilder>,
+        ) -> bool {
+            let ev = match op {
+                Op::Apply(g) => {
+                    current.insert(g.slot(), g.object());
+                    SourceEvent::Applied(g.object())
+                }
+                // A watch delivers the last state of the deleted object.
+                Op::Delete(g) => match current.remove(&g.slot()) {
+                    Some(obj) => SourceEvent::Deleted(obj),
+                    None => return true,
+                },
+                Op::Take => return false,
+            };
+            if let Some(b) = b {
+                b.handle(ev);
+            }
+            true
+        }
+
+        fn fresh_state(objects: Vec<Object>, fallback: Vec<IpAddr>) -> ProxyState {
+            let mut fresh = ModelBuilder::new("node-a".into(), fallback);
+            for ev in listed_events(objects) {
+                fresh.handle(ev);
+            }
+            fresh.state().clone()
+        }
+
+        /// Takes the changes and checks they name exactly the ports that differ from `last`.
+        fn take_exact(b: &mut ModelBuilder, last: &mut ProxyState) -> Result<(), TestCaseError> {
+            let (state, changes) = b.take_changes();
+            prop_assert_eq!(&changes.services, &differing(last, &state));
+            *last = state;
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn events_converge_to_a_fresh_list_and_changes_are_exact(ops in ops()) {
+                let fallback: Vec<IpAddr> = vec!["2001:db8::9".parse().unwrap()];
+                let mut b = ModelBuilder::new("node-a".into(), fallback.clone());
+                let mut current = BTreeMap::new();
+                let mut last = ProxyState::default();
+                for op in &ops {
+                    if !step(op, &mut current, Some(&mut b)) {
+                        take_exact(&mut b, &mut last)?;
+                    }
+                }
+                take_exact(&mut b, &mut last)?;
+                prop_assert_eq!(b.state(), &fresh_state(current.into_values().collect(), fallback));
+            }
+
+            #[test]
+            fn a_relist_after_missed_events_leaves_no_phantoms(seen in ops(), missed in ops()) {
+                let mut b = ModelBuilder::new("node-a".into(), Vec::new());
+                let mut current = BTreeMap::new();
+                for op in &seen {
+                    step(op, &mut current, Some(&mut b));
+                }
+                let mut last = b.take_changes().0;
+                // The watch was down (410 Gone) while `missed` happened; then a relist.
+                for op in &missed {
+                    step(op, &mut current, None);
+                }
+                let objects: Vec<Object> = current.into_values().collect();
+                for ev in listed_events(objects.clone()) {
+                    b.handle(ev);
+                }
+                prop_assert_eq!(b.state(), &fresh_state(objects, Vec::new()));
+                take_exact(&mut b, &mut last)?;
+            }
+        }
+    }
+}
