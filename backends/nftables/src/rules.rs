@@ -2,8 +2,8 @@
 //! skeleton (base chains, dispatch maps, helper chains) and one [`Fragment`] per service
 //! port.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use kube_proxy_model::{Endpoint, IpFamily, LocalDetector, ProxyOptions, Scheduling, ServiceEntry};
@@ -650,13 +650,15 @@ fn firewall_rules(ctx: &Context, plan: &Plan, f: &mut Fragment) {
 
 fn endpoint_rules(ctx: &Context, plan: &Plan, f: &mut Fragment) {
     let entry = plan.entry;
-    let name = &entry.port.name;
     let affinity = entry.port.session_affinity;
+    let ip = ctx.ip();
+    // Hashing names is the costliest step of rendering: once per endpoint.
+    let mut names = HashMap::with_capacity(entry.categorized.all_reachable.len());
     for ep in &entry.categorized.all_reachable {
-        let names = EndpointNames::new(name, ep);
+        let n = EndpointNames::new(&entry.port.name, ep);
         if let Some(a) = affinity {
             f.sets.push(Set {
-                name: names.affinity_set.clone(),
+                name: n.affinity_set.clone(),
                 key_type: ctx.addr_type().into(),
                 value_type: None,
                 // The kernel adds `dynamic` by itself; declaring it avoids a mismatch.
@@ -665,21 +667,18 @@ fn endpoint_rules(ctx: &Context, plan: &Plan, f: &mut Fragment) {
                 comment: None,
             });
         }
-        let ip = ctx.ip();
-        f.rule(
-            &names.chain,
-            format!("{ip} saddr {} jump {MARK_MASQ}", ep.ip),
-        );
+        f.rule(&n.chain, format!("{ip} saddr {} jump {MARK_MASQ}", ep.ip));
         if affinity.is_some() {
             f.rule(
-                &names.chain,
-                format!("update @{} {{ {ip} saddr }}", names.affinity_set),
+                &n.chain,
+                format!("update @{} {{ {ip} saddr }}", n.affinity_set),
             );
         }
         f.rule(
-            &names.chain,
+            &n.chain,
             format!("meta l4proto {} dnat to {}", plan.proto, ep.addr()),
         );
+        names.insert(ep.addr(), n);
     }
     if plan.uses_cluster_chain {
         balance(
@@ -687,20 +686,41 @@ fn endpoint_rules(ctx: &Context, plan: &Plan, f: &mut Fragment) {
             plan,
             &plan.chains.cluster,
             &entry.categorized.cluster,
+            &names,
             f,
         );
     }
     if plan.uses_local_chain {
-        balance(ctx, plan, &plan.chains.local, &entry.categorized.local, f);
+        balance(
+            ctx,
+            plan,
+            &plan.chains.local,
+            &entry.categorized.local,
+            &names,
+            f,
+        );
     }
 }
 
-/// Affinity lookups, then the load-balancing vmap over `endpoints`.
-fn balance(ctx: &Context, plan: &Plan, chain: &str, endpoints: &[Endpoint], f: &mut Fragment) {
-    let name = &plan.entry.port.name;
+/// Affinity lookups, then the load-balancing vmap over `endpoints`, which are all among
+/// the reachable ones named in `names`.
+fn balance(
+    ctx: &Context,
+    plan: &Plan,
+    chain: &str,
+    endpoints: &[Endpoint],
+    names: &HashMap<SocketAddr, EndpointNames>,
+    f: &mut Fragment,
+) {
+    let port = &plan.entry.port.name;
     let names: Vec<EndpointNames> = endpoints
         .iter()
-        .map(|ep| EndpointNames::new(name, ep))
+        .map(|ep| {
+            names
+                .get(&ep.addr())
+                .cloned()
+                .unwrap_or_else(|| EndpointNames::new(port, ep))
+        })
         .collect();
     f.chains.entry(chain.to_string()).or_default();
     if plan.entry.port.session_affinity.is_some() {
