@@ -8,7 +8,7 @@ use kube_proxy_model::{Backend, BackendError, Changes, ProxyOptions, ProxyState,
 use crate::addresses::{node_port_ips, AddressSource, NodePortIps, SystemAddresses};
 use crate::exec::{ExecError, NftCommand, NftExecutor};
 use crate::ir::{Chain, Family, Object};
-use crate::plan::{plan_table, Planned};
+use crate::plan::{plan_rebuild, plan_table, Planned};
 use crate::rules::{model_family, skeleton, Context};
 use crate::sync::ServiceIndex;
 use crate::table::{Ruleset, TableState};
@@ -122,9 +122,21 @@ impl NftablesBackend {
         state: &ProxyState,
     ) -> Result<(Ruleset, Vec<(Family, Planned)>), BackendError> {
         let mut kernel = Ruleset::default();
+        let mut unreadable = Vec::new();
         for &family in &self.families {
-            if let Some(t) = self.exec.read_table(family).map_err(read_error)? {
-                kernel.tables.insert(family, t);
+            match self.exec.read_table(family) {
+                Ok(Some(t)) => {
+                    kernel.tables.insert(family, t);
+                }
+                Ok(None) => {}
+                // A listing this version cannot read (from a newer nft, say) must not fail
+                // every sync: the table is rebuilt atomically, as upstream always does.
+                Err(ExecError::Parse(e)) => {
+                    tracing::warn!(%family, error = %e, "cannot read back the kube-proxy table; rebuilding it");
+                    kernel.tables.insert(family, TableState::default());
+                    unreadable.push(family);
+                }
+                Err(e) => return Err(read_error(e)),
             }
         }
         let mut plans = Vec::new();
@@ -134,10 +146,12 @@ impl NftablesBackend {
             let index =
                 ServiceIndex::rebuild(&ctx, state.services(model_family(family)), &mut desired);
             self.index.insert(family, index);
-            plans.push((
-                family,
-                plan_table(family, kernel.tables.get(&family), &desired),
-            ));
+            let planned = if unreadable.contains(&family) {
+                plan_rebuild(family, &desired)
+            } else {
+                plan_table(family, kernel.tables.get(&family), &desired)
+            };
+            plans.push((family, planned));
         }
         Ok((kernel, plans))
     }

@@ -219,36 +219,41 @@ pub(crate) struct Planned {
 }
 
 /// Reconciles the whole table: `kernel` is `None` when the table does not exist. A table
-/// that cannot be changed in place is deleted and rebuilt in the same transaction.
+/// that cannot be changed in place is rebuilt.
 pub(crate) fn plan_table(
     family: Family,
     kernel: Option<&TableState>,
     desired: &TableState,
 ) -> Planned {
-    let empty = TableState::default();
-    let mut tx = Transaction::new();
-    let planned = match kernel {
-        Some(k) => match diff_table(family, k, desired) {
-            Ok(p) => p,
-            Err(Incompatible(why)) => {
-                tracing::warn!(%family, reason = %why, "rebuilding the kube-proxy table");
-                tx.destroy(family, Object::Table { comment: None });
-                diff_table(family, &empty, desired)
-                    .expect("an empty table is compatible with anything")
-            }
-        },
-        None => {
-            diff_table(family, &empty, desired).expect("an empty table is compatible with anything")
-        }
+    let Some(kernel) = kernel else {
+        return plan_create(family, desired);
     };
-    if kernel.is_none() || !tx.is_empty() {
-        tx.add(
-            family,
-            Object::Table {
-                comment: table_comment(),
-            },
-        );
-    }
+    diff_table(family, kernel, desired).unwrap_or_else(|Incompatible(why)| {
+        tracing::warn!(%family, reason = %why, "rebuilding the kube-proxy table");
+        plan_rebuild(family, desired)
+    })
+}
+
+/// Deletes the table, whatever it holds, and creates it anew, in one transaction.
+pub(crate) fn plan_rebuild(family: Family, desired: &TableState) -> Planned {
+    let mut tx = Transaction::new();
+    tx.destroy(family, Object::Table { comment: None });
+    let created = plan_create(family, desired);
+    tx.extend(created.tx);
+    Planned { tx, ..created }
+}
+
+/// Creates the table from nothing.
+fn plan_create(family: Family, desired: &TableState) -> Planned {
+    let mut tx = Transaction::new();
+    tx.add(
+        family,
+        Object::Table {
+            comment: table_comment(),
+        },
+    );
+    let planned = diff_table(family, &TableState::default(), desired)
+        .expect("an empty table is compatible with anything");
     tx.extend(planned.tx);
     Planned { tx, ..planned }
 }

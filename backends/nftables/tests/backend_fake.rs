@@ -346,6 +346,54 @@ fn cleanup_removes_both_tables_and_only_them() {
     assert!(probe.read_table(Family::Ip).unwrap().is_none());
 }
 
+/// A kernel whose existing tables nft prints in a syntax the parser does not know.
+struct Unreadable(FakeNft);
+
+impl NftExecutor for Unreadable {
+    fn apply(&mut self, tx: &Transaction) -> Result<(), kube_proxy_nftables::ExecError> {
+        self.0.apply(tx)
+    }
+
+    fn read_table(
+        &mut self,
+        family: Family,
+    ) -> Result<Option<kube_proxy_nftables::TableState>, kube_proxy_nftables::ExecError> {
+        match self.0.table(family) {
+            None => Ok(None),
+            Some(_) => Err(kube_proxy_nftables::parse::ParseError {
+                line: 3,
+                message: "unknown table content".into(),
+            }
+            .into()),
+        }
+    }
+}
+
+#[test]
+fn an_unreadable_table_is_rebuilt_instead_of_failing_every_sync() {
+    let fake = FakeNft::new();
+    let st = two_services();
+    backend(&fake).sync(&st, &Changes::full()).unwrap();
+    let mut b = NftablesBackend::with_executor(default_options(), Unreadable(fake.clone()))
+        .with_address_source(addresses());
+    let report = b.sync(&st, &Changes::full()).unwrap();
+    assert!(report.full && report.applied);
+    let script = fake.applied().last().unwrap().render();
+    assert!(
+        script.starts_with(
+            "add table ip kube-proxy\ndelete table ip kube-proxy\nadd table ip kube-proxy {"
+        ),
+        "{script}"
+    );
+    assert_eq!(tables(&fake), fresh_tables(&st));
+    // Partial syncs afterwards work from the model.
+    let mut st = st;
+    let svc = port("ns1", "c", "p", Protocol::Tcp, "172.30.0.3", 80);
+    insert(&mut st, svc.clone(), vec![ep("10.0.3.1", 80, false)]);
+    assert!(!b.sync(&st, &changed(&[&svc.name])).unwrap().full);
+    assert_eq!(tables(&fake), fresh_tables(&st));
+}
+
 #[test]
 fn invalid_options_are_an_error_not_a_panic() {
     let fake = FakeNft::new();
