@@ -136,7 +136,7 @@ impl NftablesBackend {
                     kernel.tables.insert(family, TableState::default());
                     unreadable.push(family);
                 }
-                Err(e) => return Err(read_error(e)),
+                Err(e) => return Err(backend_error(e, "reading back the kube-proxy tables")),
             }
         }
         let mut plans = Vec::new();
@@ -246,12 +246,13 @@ impl NftablesBackend {
     }
 }
 
-fn read_error(e: ExecError) -> BackendError {
+/// An executor failure as the caller sees it; `doing` says what the backend was doing.
+fn backend_error(e: ExecError, doing: &str) -> BackendError {
     match e {
         ExecError::Io { source, .. } => BackendError::Io { mode: MODE, source },
         other => BackendError::Apply {
             mode: MODE,
-            message: format!("reading back the kube-proxy tables: {other}"),
+            message: format!("{doing}: {other}"),
         },
     }
 }
@@ -268,16 +269,6 @@ fn validate(options: &ProxyOptions) -> Result<(), BackendError> {
         });
     }
     Ok(())
-}
-
-fn apply_error(e: ExecError) -> BackendError {
-    match e {
-        ExecError::Io { source, .. } => BackendError::Io { mode: MODE, source },
-        other => BackendError::Apply {
-            mode: MODE,
-            message: other.to_string(),
-        },
-    }
 }
 
 impl Backend for NftablesBackend {
@@ -317,7 +308,7 @@ impl Backend for NftablesBackend {
         if !tx.is_empty() {
             if let Err(e) = self.exec.apply(&tx) {
                 self.kernel = None;
-                return Err(apply_error(e));
+                return Err(backend_error(e, "syncing"));
             }
             report.applied = true;
             let kernel = self.kernel.as_mut().expect("planning needs a known kernel");
@@ -353,6 +344,8 @@ impl Backend for NftablesBackend {
         self.index.clear();
         self.stale.clear();
         self.needs_full = true;
-        self.exec.apply(&tx).map_err(apply_error)
+        self.exec
+            .apply(&tx)
+            .map_err(|e| backend_error(e, "cleaning up"))
     }
 }
