@@ -329,3 +329,87 @@ fn has_token(text: &str, token: &str) -> bool {
 fn err(msg: impl Into<String>) -> ModelError {
     ModelError(msg.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Chain, Rule};
+
+    fn elem(container: &str, key: &str, value: &str) -> Object {
+        Object::Element(Element {
+            container: container.into(),
+            key: key.split(" . ").map(String::from).collect(),
+            value: Some(value.into()),
+            comment: None,
+        })
+    }
+
+    fn base() -> Transaction {
+        let mut tx = Transaction::new();
+        tx.add(Family::Ip, Object::Table { comment: None });
+        tx.add(Family::Ip, Object::Chain(Chain::named("target")));
+        tx.add(Family::Ip, Object::Chain(Chain::named("caller")));
+        tx.add(
+            Family::Ip,
+            Object::Set(Set {
+                name: "m".into(),
+                key_type: "inet_proto . inet_service".into(),
+                value_type: Some("verdict".into()),
+                flags: vec![],
+                timeout: None,
+                comment: None,
+            }),
+        );
+        tx
+    }
+
+    fn fails(rs: &Ruleset, tx: &Transaction) -> String {
+        let mut copy = rs.clone();
+        let e = copy.apply(tx).unwrap_err().to_string();
+        assert_eq!(&copy, rs, "a failed transaction changes nothing");
+        e
+    }
+
+    #[test]
+    fn models_the_kernels_checks() {
+        let mut rs = Ruleset::default();
+        rs.apply(&base()).unwrap();
+        let jump = Rule {
+            chain: "caller".into(),
+            rule: "jump target".into(),
+            comment: None,
+        };
+        let mut tx = Transaction::new();
+        tx.add(Family::Ip, Object::Rule(jump));
+        tx.add(Family::Ip, elem("m", "tcp . 80", "goto target"));
+        rs.apply(&tx).unwrap();
+
+        let mut del = Transaction::new();
+        del.delete(Family::Ip, Object::Chain(Chain::named("target")));
+        assert!(fails(&rs, &del).contains("busy"));
+        let mut conflict = Transaction::new();
+        conflict.add(Family::Ip, elem("m", "tcp . 80", "drop"));
+        assert!(fails(&rs, &conflict).contains("File exists"));
+        let mut create = Transaction::new();
+        create.push(
+            Family::Ip,
+            crate::transaction::Verb::Create,
+            Object::Chain(Chain::named("caller")),
+        );
+        assert!(fails(&rs, &create).contains("exists"));
+        let mut dangling = Transaction::new();
+        dangling.add(Family::Ip, elem("m", "udp . 53", "goto nowhere"));
+        assert!(fails(&rs, &dangling).contains("unknown chain"));
+        let mut missing = Transaction::new();
+        missing.flush(Family::Ip6, Object::Chain(Chain::named("caller")));
+        assert!(fails(&rs, &missing).contains("No such file"));
+
+        // Once nothing refers to it any more, the chain can go, in the same transaction.
+        let mut ok = Transaction::new();
+        ok.flush(Family::Ip, Object::Chain(Chain::named("caller")));
+        ok.delete(Family::Ip, elem("m", "tcp . 80", ""));
+        ok.delete(Family::Ip, Object::Chain(Chain::named("target")));
+        rs.apply(&ok).unwrap();
+        assert!(!rs.tables[&Family::Ip].chains.contains_key("target"));
+    }
+}
