@@ -390,30 +390,53 @@ impl Cluster {
         }
     }
 
-    /// What `pod` answers when the request reached it from `source`.
-    fn seen(&self, pod: &str, source: IpAddr) -> Answer {
-        Answer {
-            identity: pod.to_owned(),
-            peer: source,
+    fn pod_addr(&self, pod: &str) -> SocketAddr {
+        self.topology.pod(pod).addr()
+    }
+
+    /// Answers from each of `pods`, each having seen `source` as the peer.
+    fn reaches(&self, pods: &[&str], source: impl Into<IpAddr>) -> Expect {
+        let source = source.into();
+        Expect::Answers(pods.iter().map(|pod| answer(pod, source)).collect())
+    }
+
+    /// Answers from each of `pods`, each having seen the node's address
+    /// towards it: the source was masqueraded.
+    fn reaches_masqueraded(&self, pods: &[&str]) -> Expect {
+        let answers = pods.iter().map(|pod| self.masqueraded(pod));
+        Expect::Answers(answers.collect())
+    }
+
+    fn masqueraded(&self, pod: &str) -> Answer {
+        answer(pod, self.topology.node_address_towards(pod))
+    }
+
+    /// Checks every row over TCP, then every row over UDP.
+    fn check(&self, rows: &[(Origin, SocketAddr, Expect)]) {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for (origin, target, expect) in rows {
+                let flows = (*origin, proto, *target);
+                match expect {
+                    Expect::Answers(answers) => self.expect_spread(flows, answers),
+                    Expect::Refused => self.expect_outcome(flows, Outcome::Refused),
+                    Expect::Dropped => self.expect_outcome(flows, Outcome::TimedOut),
+                }
+            }
         }
     }
 
-    /// What `pod` answers to masqueraded traffic: the node's address towards it.
-    fn seen_masqueraded(&self, pod: &str) -> Answer {
-        self.seen(pod, IpAddr::V4(self.topology.node_address_towards(pod)))
-    }
-
-    /// Requests from `origin` reach exactly the `expected` answers, each a fair
-    /// share (kube-proxy picks endpoints with `numgen random`, so the check is
-    /// a bound, not an exact split: each of N gets at least 40 % of 1/N; a
-    /// false failure is about one in a million).
-    fn expect_spread(&self, origin: Origin, proto: Proto, target: SocketAddr, expected: &[Answer]) {
+    /// Requests reach exactly the `expected` answers, each a fair share
+    /// (kube-proxy picks endpoints with `numgen random`, as upstream does, so
+    /// the check is a bound, not an exact split: each of N gets at least 40 %
+    /// of 1/N; a false failure is about one in a million).
+    fn expect_spread(&self, flows: (Origin, Proto, SocketAddr), expected: &[Answer]) {
         let count = PROBES_PER_ENDPOINT * expected.len();
         let outcomes = self.send(
-            (origin, proto, target),
+            flows,
             count,
             |outcome| matches!(outcome, Outcome::Answered(a) if expected.contains(a)),
         );
+        let (origin, proto, target) = flows;
         let what = format!("{proto:?} {origin:?} -> {target}");
         let tally = tally(&outcomes);
         for answer in tally.keys() {
@@ -435,10 +458,29 @@ impl Cluster {
         }
     }
 
-    /// Requests from `origin` all get `expected` (e.g. Refused, TimedOut).
-    fn expect_outcome(&self, origin: Origin, proto: Proto, target: SocketAddr, expected: Outcome) {
-        let outcome = self.send((origin, proto, target), 1, |_| true).remove(0);
+    /// One request gets `expected` (Refused or TimedOut).
+    fn expect_outcome(&self, flows: (Origin, Proto, SocketAddr), expected: Outcome) {
+        let outcome = self.send(flows, 1, |_| true).remove(0);
+        let (origin, proto, target) = flows;
         assert_eq!(outcome, expected, "{proto:?} {origin:?} -> {target}");
+    }
+}
+
+/// What requests along one path must get.
+enum Expect {
+    /// Answers spread over exactly these, see [`Cluster::expect_spread`].
+    Answers(Vec<Answer>),
+    /// Fast failure: TCP RST or ICMP port unreachable (nftables `reject`).
+    Refused,
+    /// No answer at all (nftables `drop`).
+    Dropped,
+}
+
+/// What `pod` answers when the request reached it from `source`.
+fn answer(pod: &str, source: impl Into<IpAddr>) -> Answer {
+    Answer {
+        identity: pod.to_owned(),
+        peer: source.into(),
     }
 }
 
@@ -492,46 +534,33 @@ fn require_prerequisites() {
 #[test]
 fn harness_routes_plain_traffic() {
     let cluster = Cluster::new(&["a", "b"], &["r"]);
-    let (a, b, r) = ("a", "b", "r");
-    let remote = cluster.topology.pod(r).addr();
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(
-            Origin::Pod(a),
-            proto,
-            remote,
-            &[cluster.seen(r, cluster.pod_ip(a))],
-        );
-        cluster.expect_spread(
+    let closed_port = SocketAddr::new(cluster.pod_ip("b"), 9);
+    cluster.check(&[
+        (
+            Origin::Pod("a"),
+            cluster.pod_addr("r"),
+            cluster.reaches(&["r"], cluster.pod_ip("a")),
+        ),
+        (
             Origin::Node,
-            proto,
-            remote,
-            &[cluster.seen(r, IpAddr::V4(NODE_IP))],
-        );
-        let local = cluster.topology.pod(a).addr();
-        cluster.expect_spread(
+            cluster.pod_addr("r"),
+            cluster.reaches(&["r"], NODE_IP),
+        ),
+        (
             Origin::Client(OTHER_CLIENT_IP),
-            proto,
-            local,
-            &[cluster.seen(a, IpAddr::V4(OTHER_CLIENT_IP))],
-        );
-        let closed = SocketAddr::new(cluster.pod_ip(b), 9);
-        cluster.expect_outcome(Origin::Pod(a), proto, closed, Outcome::Refused);
-    }
+            cluster.pod_addr("a"),
+            cluster.reaches(&["a"], OTHER_CLIENT_IP),
+        ),
+        (Origin::Pod("a"), closed_port, Expect::Refused),
+    ]);
     let drop_all =
         "add table ip t; add chain ip t in { type filter hook input priority 0; policy drop; }";
-    let mut nft = cluster.topology.pod(b).netns.command("nft");
+    let mut nft = cluster.topology.pod("b").netns.command("nft");
     let status = netns::output_bounded(nft.arg(drop_all), NFT_LIMIT)
         .expect("nft finishes")
         .status;
     assert!(status.success(), "nft {drop_all:?}: {status}");
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_outcome(
-            Origin::Pod(a),
-            proto,
-            cluster.topology.pod(b).addr(),
-            Outcome::TimedOut,
-        );
-    }
+    cluster.check(&[(Origin::Pod("a"), cluster.pod_addr("b"), Expect::Dropped)]);
 }
 
 // ---------------------------------------------------------------------------
@@ -544,16 +573,19 @@ fn cluster_ip_spreads_over_all_endpoints() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
     let web = Svc::new("web", 10, &["a", "b", "r"]);
     cluster.apply(&[web.clone()]);
-    let from_pod: Vec<_> = ["a", "b", "r"]
-        .map(|pod| cluster.seen(pod, cluster.pod_ip("client")))
-        .into();
-    let from_node: Vec<_> = ["a", "b", "r"]
-        .map(|pod| cluster.seen_masqueraded(pod))
-        .into();
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(Origin::Pod("client"), proto, web.cluster_addr(), &from_pod);
-        cluster.expect_spread(Origin::Node, proto, web.cluster_addr(), &from_node);
-    }
+    let endpoints = ["a", "b", "r"];
+    cluster.check(&[
+        (
+            Origin::Pod("client"),
+            web.cluster_addr(),
+            cluster.reaches(&endpoints, cluster.pod_ip("client")),
+        ),
+        (
+            Origin::Node,
+            web.cluster_addr(),
+            cluster.reaches_masqueraded(&endpoints),
+        ),
+    ]);
 }
 
 /// An external client reaches both local and remote endpoints through a
@@ -563,15 +595,11 @@ fn node_port_from_external_client_is_masqueraded() {
     let mut cluster = Cluster::new(&["a"], &["r"]);
     let web = Svc::new("web", 10, &["a", "r"]).node_port(30080);
     cluster.apply(&[web.clone()]);
-    let expected = [cluster.seen_masqueraded("a"), cluster.seen_masqueraded("r")];
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(
-            Origin::Client(CLIENT_IP),
-            proto,
-            web.node_port_addr(),
-            &expected,
-        );
-    }
+    cluster.check(&[(
+        Origin::Client(CLIENT_IP),
+        web.node_port_addr(),
+        cluster.reaches_masqueraded(&["a", "r"]),
+    )]);
 }
 
 /// `loadBalancerSourceRanges` guards only the load-balancer IP: other sources
@@ -584,20 +612,21 @@ fn load_balancer_source_ranges_guard_only_the_load_balancer_ip() {
         .load_balancer(30081, Ipv4Addr::new(198, 18, 0, 20), &["203.0.113.2/32"])
         .external_ip(external_ip);
     cluster.apply(&[web.clone()]);
-    let expected = [cluster.seen_masqueraded("a"), cluster.seen_masqueraded("r")];
-    let external = SocketAddr::from((external_ip, SERVICE_PORT));
     let (allowed, denied) = (Origin::Client(CLIENT_IP), Origin::Client(OTHER_CLIENT_IP));
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(allowed, proto, web.load_balancer_addr(), &expected);
-        cluster.expect_outcome(denied, proto, web.load_balancer_addr(), Outcome::TimedOut);
-        cluster.expect_spread(denied, proto, external, &expected);
-        cluster.expect_spread(denied, proto, web.node_port_addr(), &expected);
-    }
+    let external = SocketAddr::from((external_ip, SERVICE_PORT));
+    let everywhere = || cluster.reaches_masqueraded(&["a", "r"]);
+    cluster.check(&[
+        (allowed, web.load_balancer_addr(), everywhere()),
+        (denied, web.load_balancer_addr(), Expect::Dropped),
+        (denied, external, everywhere()),
+        (denied, web.node_port_addr(), everywhere()),
+    ]);
 }
 
 /// `externalTrafficPolicy: Local`: external traffic goes only to local
 /// endpoints and keeps the client's address; without a local endpoint it is
-/// dropped; pods still reach every endpoint through the ClusterIP.
+/// dropped. Pods and the node itself still reach every endpoint, through the
+/// ClusterIP and (short-circuited, as upstream) through the NodePort.
 #[test]
 fn external_traffic_policy_local() {
     let mut cluster = Cluster::new(&["a", "client"], &["r"]);
@@ -608,32 +637,46 @@ fn external_traffic_policy_local() {
         .node_port(30083)
         .external_traffic_local();
     cluster.apply(&[local.clone(), remote_only.clone()]);
-    let client = Origin::Client(CLIENT_IP);
-    let real_client = [cluster.seen("a", IpAddr::V4(CLIENT_IP))];
-    let pod = cluster.pod_ip("client");
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(client, proto, local.node_port_addr(), &real_client);
-        cluster.expect_spread(client, proto, local.load_balancer_addr(), &real_client);
-        cluster.expect_outcome(
+    let (client, pod) = (Origin::Client(CLIENT_IP), Origin::Pod("client"));
+    let pod_ip = cluster.pod_ip("client");
+    cluster.check(&[
+        (
             client,
-            proto,
-            remote_only.node_port_addr(),
-            Outcome::TimedOut,
-        );
-        let everywhere = [cluster.seen("a", pod), cluster.seen("r", pod)];
-        cluster.expect_spread(
-            Origin::Pod("client"),
-            proto,
+            local.node_port_addr(),
+            cluster.reaches(&["a"], CLIENT_IP),
+        ),
+        (
+            client,
+            local.load_balancer_addr(),
+            cluster.reaches(&["a"], CLIENT_IP),
+        ),
+        (client, remote_only.node_port_addr(), Expect::Dropped),
+        (
+            pod,
             local.cluster_addr(),
-            &everywhere,
-        );
-        cluster.expect_spread(
-            Origin::Pod("client"),
-            proto,
+            cluster.reaches(&["a", "r"], pod_ip),
+        ),
+        (
+            pod,
             remote_only.cluster_addr(),
-            &[cluster.seen("r", pod)],
-        );
-    }
+            cluster.reaches(&["r"], pod_ip),
+        ),
+        (
+            pod,
+            local.node_port_addr(),
+            cluster.reaches(&["a", "r"], pod_ip),
+        ),
+        (
+            pod,
+            remote_only.node_port_addr(),
+            cluster.reaches(&["r"], pod_ip),
+        ),
+        (
+            Origin::Node,
+            local.node_port_addr(),
+            cluster.reaches_masqueraded(&["a", "r"]),
+        ),
+    ]);
 }
 
 /// `internalTrafficPolicy: Local`: ClusterIP traffic from pods and the node
@@ -644,27 +687,21 @@ fn internal_traffic_policy_local() {
     let local = Svc::new("local", 10, &["a", "r"]).internal_traffic_local();
     let remote_only = Svc::new("remote-only", 11, &["r"]).internal_traffic_local();
     cluster.apply(&[local.clone(), remote_only.clone()]);
-    let from_pod = [cluster.seen("a", cluster.pod_ip("client"))];
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(
-            Origin::Pod("client"),
-            proto,
+    let pod = Origin::Pod("client");
+    cluster.check(&[
+        (
+            pod,
             local.cluster_addr(),
-            &from_pod,
-        );
-        cluster.expect_spread(
+            cluster.reaches(&["a"], cluster.pod_ip("client")),
+        ),
+        (
             Origin::Node,
-            proto,
             local.cluster_addr(),
-            &[cluster.seen_masqueraded("a")],
-        );
-        cluster.expect_outcome(
-            Origin::Pod("client"),
-            proto,
-            remote_only.cluster_addr(),
-            Outcome::TimedOut,
-        );
-    }
+            cluster.reaches_masqueraded(&["a"]),
+        ),
+        (pod, remote_only.cluster_addr(), Expect::Dropped),
+        (Origin::Node, remote_only.cluster_addr(), Expect::Dropped),
+    ]);
 }
 
 /// Serving-but-terminating endpoints are a fallback for when no endpoint is
@@ -682,23 +719,16 @@ fn terminating_endpoints_only_without_ready_ones() {
     let draining = with_terminating("draining", 11, &[]);
     let gone = Svc::new("gone", 12, &[]).endpoint("c", Condition::Terminating);
     cluster.apply(&[mixed.clone(), draining.clone(), gone.clone()]);
-    let source = cluster.pod_ip("client");
-    let from = Origin::Pod("client");
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(
-            from,
-            proto,
-            mixed.cluster_addr(),
-            &[cluster.seen("a", source)],
-        );
-        cluster.expect_spread(
-            from,
-            proto,
+    let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip("client"));
+    cluster.check(&[
+        (pod, mixed.cluster_addr(), cluster.reaches(&["a"], pod_ip)),
+        (
+            pod,
             draining.cluster_addr(),
-            &[cluster.seen("b", source)],
-        );
-        cluster.expect_outcome(from, proto, gone.cluster_addr(), Outcome::Refused);
-    }
+            cluster.reaches(&["b"], pod_ip),
+        ),
+        (pod, gone.cluster_addr(), Expect::Refused),
+    ]);
 }
 
 /// A service without endpoints rejects on its ClusterIP (from pods and the
@@ -710,17 +740,16 @@ fn no_endpoints_and_unserved_ports_reject() {
     let web = Svc::new("web", 11, &["a"]);
     cluster.apply(&[empty.clone(), web.clone()]);
     let unserved = SocketAddr::from((web.cluster_ip, SERVICE_PORT + 1));
-    let rejected = [
-        (Origin::Pod("client"), empty.cluster_addr()),
-        (Origin::Node, empty.cluster_addr()),
-        (Origin::Client(CLIENT_IP), empty.node_port_addr()),
-        (Origin::Pod("client"), unserved),
-    ];
-    for proto in [Proto::Tcp, Proto::Udp] {
-        for (origin, target) in rejected {
-            cluster.expect_outcome(origin, proto, target, Outcome::Refused);
-        }
-    }
+    cluster.check(&[
+        (Origin::Pod("client"), empty.cluster_addr(), Expect::Refused),
+        (Origin::Node, empty.cluster_addr(), Expect::Refused),
+        (
+            Origin::Client(CLIENT_IP),
+            empty.node_port_addr(),
+            Expect::Refused,
+        ),
+        (Origin::Pod("client"), unserved, Expect::Refused),
+    ]);
 }
 
 /// Which source each kind of service traffic arrives with.
@@ -730,49 +759,51 @@ fn masquerade_matrix() {
     let to_remote = Svc::new("to-remote", 10, &["r"]).node_port(30085);
     let to_a = Svc::new("to-a", 11, &["a"]).node_port(30086);
     cluster.apply(&[to_remote.clone(), to_a.clone()]);
-    let rows = [
+    let (a, b) = (cluster.pod_ip("a"), cluster.pod_ip("b"));
+    cluster.check(&[
         // Pod to a remote pod: no NAT of the source.
         (
             Origin::Pod("a"),
             to_remote.cluster_addr(),
-            cluster.seen("r", cluster.pod_ip("a")),
+            cluster.reaches(&["r"], a),
         ),
         // Pod to another pod on the same bridge: no NAT either.
         (
             Origin::Pod("b"),
             to_a.cluster_addr(),
-            cluster.seen("a", cluster.pod_ip("b")),
+            cluster.reaches(&["a"], b),
         ),
         // Hairpin: a pod reaching itself must be masqueraded, or it would
         // answer itself directly and drop the reply.
         (
             Origin::Pod("a"),
             to_a.cluster_addr(),
-            cluster.seen_masqueraded("a"),
+            cluster.reaches_masqueraded(&["a"]),
         ),
         // The node is outside the cluster CIDR.
         (
             Origin::Node,
             to_remote.cluster_addr(),
-            cluster.seen_masqueraded("r"),
+            cluster.reaches_masqueraded(&["r"]),
         ),
-        // External traffic with externalTrafficPolicy: Cluster.
+        // NodePort traffic with externalTrafficPolicy: Cluster, from outside
+        // and from a pod.
         (
             Origin::Client(CLIENT_IP),
             to_remote.node_port_addr(),
-            cluster.seen_masqueraded("r"),
+            cluster.reaches_masqueraded(&["r"]),
         ),
         (
             Origin::Client(CLIENT_IP),
             to_a.node_port_addr(),
-            cluster.seen_masqueraded("a"),
+            cluster.reaches_masqueraded(&["a"]),
         ),
-    ];
-    for proto in [Proto::Tcp, Proto::Udp] {
-        for (origin, target, expected) in &rows {
-            cluster.expect_spread(*origin, proto, *target, std::slice::from_ref(expected));
-        }
-    }
+        (
+            Origin::Pod("b"),
+            to_a.node_port_addr(),
+            cluster.reaches_masqueraded(&["a"]),
+        ),
+    ]);
 }
 
 /// `sessionAffinity: ClientIP`: every connection from one client lands on
@@ -780,28 +811,25 @@ fn masquerade_matrix() {
 #[test]
 fn client_ip_affinity_sticks_to_one_endpoint() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
-    let sticky = Svc::new("sticky", 10, &["a", "b", "r"]).client_ip_affinity();
+    let endpoints = ["a", "b", "r"];
+    let sticky = Svc::new("sticky", 10, &endpoints).client_ip_affinity();
     cluster.apply(&[sticky.clone()]);
-    let candidates = |source: Option<IpAddr>| -> Vec<Answer> {
-        ["a", "b", "r"]
-            .iter()
-            .map(|pod| {
-                source.map_or_else(|| cluster.seen_masqueraded(pod), |ip| cluster.seen(pod, ip))
-            })
-            .collect()
-    };
+    let pod_ip = cluster.pod_ip("client");
     let origins = [
-        (Origin::Pod("client"), Some(cluster.pod_ip("client"))),
-        (Origin::Node, None),
+        (
+            Origin::Pod("client"),
+            endpoints.map(|pod| answer(pod, pod_ip)),
+        ),
+        (Origin::Node, endpoints.map(|pod| cluster.masqueraded(pod))),
     ];
     for proto in [Proto::Tcp, Proto::Udp] {
-        for (origin, source) in origins {
-            let flows = (origin, proto, sticky.cluster_addr());
+        for (origin, candidates) in &origins {
+            let flows = (*origin, proto, sticky.cluster_addr());
             let outcomes =
                 cluster.send(flows, 30, |outcome| matches!(outcome, Outcome::Answered(_)));
-            let first = outcomes[0].answer("first request").clone();
+            let first = outcomes[0].answer("first request");
             assert!(
-                candidates(source).contains(&first),
+                candidates.contains(first),
                 "{proto:?} {origin:?}: {first:?} is no endpoint"
             );
             let tally = tally(&outcomes);
@@ -833,16 +861,11 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
         Outcome::Answered(first),
         "established connection after the update"
     );
-    let source = cluster.pod_ip("client");
-    let expected = [cluster.seen("c", source), cluster.seen("r", source)];
-    for proto in [Proto::Tcp, Proto::Udp] {
-        cluster.expect_spread(
-            Origin::Pod("client"),
-            proto,
-            after.cluster_addr(),
-            &expected,
-        );
-    }
+    cluster.check(&[(
+        Origin::Pod("client"),
+        after.cluster_addr(),
+        cluster.reaches(&["c", "r"], cluster.pod_ip("client")),
+    )]);
 }
 
 /// A UDP flow (same socket, same 5-tuple) moves to the new endpoint once its
@@ -858,15 +881,17 @@ fn udp_flow_follows_endpoint_change() {
         .enter(|| UdpFlow::open(None, before.cluster_addr()))
         .expect("udp socket");
     let source = cluster.pod_ip("client");
+    let before_update = flow.exchange();
     assert_eq!(
-        flow.exchange(),
-        Outcome::Answered(cluster.seen("a", source)),
+        before_update,
+        Outcome::Answered(answer("a", source)),
         "before the update"
     );
     cluster.apply(&[Svc::new("dns", 10, &["b"])]);
+    let after_update = flow.exchange();
     assert_eq!(
-        flow.exchange(),
-        Outcome::Answered(cluster.seen("b", source)),
+        after_update,
+        Outcome::Answered(answer("b", source)),
         "same flow after the update"
     );
 }

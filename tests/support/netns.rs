@@ -460,12 +460,16 @@ impl UdpFlow {
 
     /// One datagram and its answer.
     pub fn exchange(&self) -> Outcome {
+        match self.socket.send(b"ping\n") {
+            // The sender's own OUTPUT hook dropped the datagram: both DROP and
+            // REJECT do that, but only REJECT also sends the ICMP port
+            // unreachable that recv() below reports as ECONNREFUSED.
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {}
+            Err(e) => return Outcome::from_error(&e),
+            Ok(_) => {}
+        }
         let mut buf = [0u8; 256];
-        match self
-            .socket
-            .send(b"ping\n")
-            .and_then(|_| self.socket.recv(&mut buf))
-        {
+        match self.socket.recv(&mut buf) {
             Ok(n) => parse_answer(&String::from_utf8_lossy(&buf[..n])),
             Err(e) => Outcome::from_error(&e),
         }
