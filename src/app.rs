@@ -24,7 +24,7 @@ const EVENT_BUFFER: usize = 4096;
 /// Prints what the backend would program for the manifests in `files`.
 pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let state = state_from_manifests(&inv.config, files)?;
-    let options = inv.config.proxy_options(&state.node.pod_cidrs)?;
+    let options = proxy_options(inv, &state)?;
     // Rendering never runs `nft`: the executor is only there to satisfy the constructor.
     let backend = match inv.config.effective_mode() {
         ProxyMode::NfTables => NftablesBackend::with_executor(options, NftCommand::new()),
@@ -38,7 +38,7 @@ pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
 /// reads its own state back first, so a second run sends only what changed.
 pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let state = state_from_manifests(&inv.config, files)?;
-    let options = inv.config.proxy_options(&state.node.pod_cidrs)?;
+    let options = proxy_options(inv, &state)?;
     let mut backend = new_backend(inv.config.effective_mode(), options)?;
     let report = backend.sync(&state, &Changes::full())?;
     tracing::info!(
@@ -55,6 +55,13 @@ pub fn cleanup() -> Result<()> {
     backend.cleanup()?;
     tracing::info!("removed the nftables kube-proxy tables");
     Ok(())
+}
+
+/// The backend options for `state`'s node: the config's, with the CLI's endpoint selection.
+fn proxy_options(inv: &Invocation, state: &ProxyState) -> Result<ProxyOptions> {
+    let mut options = inv.config.proxy_options(&state.node.pod_cidrs)?;
+    options.scheduling = inv.scheduling;
+    Ok(options)
 }
 
 /// The backend for `mode`, ready to program the kernel.
@@ -118,7 +125,7 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     tokio::spawn(apiserver::run(client, node_name.clone(), tx));
     tracing::info!(node = %node_name, mode = mode.as_str(), "kube-proxy-rs started");
     let mut proxy = Proxy {
-        config,
+        inv,
         builder: new_builder(config)?,
         runner: SyncRunner::new(config.min_sync_period(), config.sync_period()),
         backend: None,
@@ -128,7 +135,7 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
 
 /// The daemon's state: the model, when to sync, and the backend once it exists.
 struct Proxy<'a> {
-    config: &'a KubeProxyConfiguration,
+    inv: &'a Invocation,
     builder: ModelBuilder,
     runner: SyncRunner,
     /// Created at the first sync, when the Node's podCIDRs are known; rebuilt when the
@@ -189,15 +196,15 @@ impl Proxy<'_> {
     }
 
     fn sync_state(&mut self, state: &ProxyState, changes: &mut Changes) -> Result<()> {
-        if self.config.local_mode() == LocalMode::NodeCidr && state.node.pod_cidrs.is_empty() {
+        if self.inv.config.local_mode() == LocalMode::NodeCidr && state.node.pod_cidrs.is_empty() {
             bail!(
                 "detectLocalMode is NodeCIDR but Node {:?} has no podCIDRs yet",
                 state.node.name
             );
         }
-        let options = self.config.proxy_options(&state.node.pod_cidrs)?;
+        let options = proxy_options(self.inv, state)?;
         if self.backend.as_ref().is_none_or(|(o, _)| *o != options) {
-            let backend = new_backend(self.config.effective_mode(), options.clone())?;
+            let backend = new_backend(self.inv.config.effective_mode(), options.clone())?;
             self.backend = Some((options, backend));
             changes.full = true;
         }

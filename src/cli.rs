@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use kube_proxy_model::Scheduling;
 
 use crate::config::{
     append_port_if_needed, ConfigError, Duration, KubeProxyConfiguration, ProxyMode, VModuleItem,
@@ -42,6 +43,9 @@ pub struct Invocation {
     pub log_format: LogFormat,
     /// Things worth logging once logging is up (flags ignored because of `--config`).
     pub warnings: Vec<String>,
+    /// `--endpoint-selection` (a kube-proxy-rs extension, honoured with `--config` too,
+    /// since upstream's file has no such field): how a new connection picks an endpoint.
+    pub scheduling: Scheduling,
 }
 
 /// The action of an [`Invocation`].
@@ -229,6 +233,7 @@ fn finish(
         config_file: flags.config.as_ref().map(PathBuf::from),
         config,
         warnings,
+        scheduling: flags.endpoint_selection.unwrap_or_default(),
     }
 }
 
@@ -367,6 +372,7 @@ fn ignored_flags(matches: &ArgMatches) -> Vec<String> {
     const HONOURED_WITH_CONFIG: &[&str] = &[
         "config",
         "hostname-override",
+        "endpoint-selection",
         "master",
         "cleanup",
         "init-only",
@@ -520,6 +526,9 @@ struct Flags {
         help = "If non-empty, will be used as the name of the Node that kube-proxy is running on. If unset, the node name is assumed to be the same as the node's hostname."
     )]
     hostname_override: Option<String>,
+    #[arg(long, value_name = "string", value_parser = parse_endpoint_selection,
+          help = "kube-proxy-rs extension: how a new connection picks one of a Service's endpoints in the nftables mode, 'round-robin' (numgen inc) or 'random' (numgen random, upstream's choice). Honoured even when --config is given. (default \"round-robin\")")]
+    endpoint_selection: Option<Scheduling>,
     #[arg(long, value_name = "ip", value_parser = parse_ip,
           help = "Overrides kube-proxy's idea of what its node's primary IP is. Note that the name is a historical artifact, and kube-proxy does not actually bind any sockets to this IP. This parameter is ignored if a config file is specified by --config. (default 0.0.0.0)")]
     bind_address: Option<String>,
@@ -880,6 +889,14 @@ fn split_list(occurrences: &[String]) -> Vec<String> {
 }
 
 /// Go's `strconv.ParseBool`.
+fn parse_endpoint_selection(s: &str) -> Result<Scheduling, String> {
+    match s {
+        "round-robin" => Ok(Scheduling::RoundRobin),
+        "random" => Ok(Scheduling::Random),
+        _ => Err(format!("{s:?}: must be \"round-robin\" or \"random\"")),
+    }
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
@@ -1371,6 +1388,25 @@ mod tests {
         let inv = ok(&format!("--config {path}"));
         assert_eq!(inv.config.hostname_override, "from-file");
         assert!(inv.warnings.is_empty());
+    }
+
+    #[test]
+    fn endpoint_selection_defaults_to_round_robin_and_survives_config() {
+        assert_eq!(ok("").scheduling, Scheduling::RoundRobin);
+        assert_eq!(
+            ok("--endpoint-selection=random").scheduling,
+            Scheduling::Random
+        );
+        assert_eq!(
+            ok("--endpoint-selection random --endpoint-selection round-robin").scheduling,
+            Scheduling::RoundRobin
+        );
+        assert!(err("--endpoint-selection=lc").contains("--endpoint-selection"));
+        let file = config_file("mode: nftables\n");
+        let path = file.path().display();
+        let inv = ok(&format!("--config={path} --endpoint-selection=random"));
+        assert_eq!(inv.scheduling, Scheduling::Random);
+        assert!(inv.warnings.is_empty(), "{:?}", inv.warnings);
     }
 
     #[test]

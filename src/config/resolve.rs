@@ -216,7 +216,8 @@ impl KubeProxyConfiguration {
             masquerade_bit,
             local_detector: self.local_detector(node_pod_cidrs)?,
             node_port_addresses: self.node_port_address_list()?,
-            scheduling: self.scheduling(),
+            // The selection is not part of upstream's file: callers set it from the CLI.
+            scheduling: Scheduling::default(),
         })
     }
 
@@ -287,15 +288,6 @@ impl KubeProxyConfiguration {
         }
         out.dedup();
         Ok(out)
-    }
-
-    /// iptables and nftables pick endpoints at random like upstream; IPVS's default
-    /// scheduler is round-robin.
-    fn scheduling(&self) -> Scheduling {
-        match self.effective_mode() {
-            ProxyMode::Ipvs => Scheduling::RoundRobin,
-            ProxyMode::IpTables | ProxyMode::NfTables => Scheduling::Random,
-        }
     }
 }
 
@@ -418,7 +410,7 @@ mod tests {
         );
         assert_eq!(opts.node_port_addresses, [NodePortAddress::Primary]);
         assert_eq!(opts.masquerade_bit, 14);
-        assert_eq!(opts.scheduling, Scheduling::Random);
+        assert_eq!(opts.scheduling, Scheduling::RoundRobin);
         c.cluster_cidr.clear();
         assert_eq!(
             c.proxy_options(&[]).unwrap().local_detector,
