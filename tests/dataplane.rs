@@ -21,8 +21,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::netns::{
     self, probe, Answer, Netns, Outcome, Proto, TcpConversation, Topology, UdpFlow, CLIENT_IP,
-    CLUSTER_CIDR, LOCAL_POD_CIDR, NODE_IP, NODE_NAME, OTHER_CLIENT_IP, POD_PORT, REMOTE_NODE_IP,
-    REMOTE_NODE_NAME, REMOTE_POD_CIDR,
+    CLUSTER_CIDR, LOCAL_POD_CIDR, NODE_IP, NODE_NAME, NODE_UPLINK_IP, OTHER_CLIENT_IP, POD_PORT,
+    REMOTE_NODE_IP, REMOTE_NODE_NAME, REMOTE_POD_CIDR,
 };
 
 /// Every service exposes this port, TCP and UDP, towards the pods' [`POD_PORT`].
@@ -394,12 +394,6 @@ impl Cluster {
         self.topology.pod(pod).addr()
     }
 
-    /// Answers from each of `pods`, each having seen `source` as the peer.
-    fn reaches(&self, pods: &[&str], source: impl Into<IpAddr>) -> Expect {
-        let source = source.into();
-        Expect::Answers(pods.iter().map(|pod| answer(pod, source)).collect())
-    }
-
     /// Answers from each of `pods`, each having seen the node's address
     /// towards it: the source was masqueraded.
     fn reaches_masqueraded(&self, pods: &[&str]) -> Expect {
@@ -476,6 +470,12 @@ enum Expect {
     Dropped,
 }
 
+/// Answers from each of `pods`, each having seen `source` as the peer.
+fn reaches(pods: &[&str], source: impl Into<IpAddr>) -> Expect {
+    let source = source.into();
+    Expect::Answers(pods.iter().map(|pod| answer(pod, source)).collect())
+}
+
 /// What `pod` answers when the request reached it from `source`.
 fn answer(pod: &str, source: impl Into<IpAddr>) -> Answer {
     Answer {
@@ -539,17 +539,17 @@ fn harness_routes_plain_traffic() {
         (
             Origin::Pod("a"),
             cluster.pod_addr("r"),
-            cluster.reaches(&["r"], cluster.pod_ip("a")),
+            reaches(&["r"], cluster.pod_ip("a")),
         ),
         (
             Origin::Node,
             cluster.pod_addr("r"),
-            cluster.reaches(&["r"], NODE_IP),
+            reaches(&["r"], NODE_IP),
         ),
         (
             Origin::Client(OTHER_CLIENT_IP),
             cluster.pod_addr("a"),
-            cluster.reaches(&["a"], OTHER_CLIENT_IP),
+            reaches(&["a"], OTHER_CLIENT_IP),
         ),
         (Origin::Pod("a"), closed_port, Expect::Refused),
     ]);
@@ -578,7 +578,7 @@ fn cluster_ip_spreads_over_all_endpoints() {
         (
             Origin::Pod("client"),
             web.cluster_addr(),
-            cluster.reaches(&endpoints, cluster.pod_ip("client")),
+            reaches(&endpoints, cluster.pod_ip("client")),
         ),
         (
             Origin::Node,
@@ -595,11 +595,17 @@ fn node_port_from_external_client_is_masqueraded() {
     let mut cluster = Cluster::new(&["a"], &["r"]);
     let web = Svc::new("web", 10, &["a", "r"]).node_port(30080);
     cluster.apply(&[web.clone()]);
-    cluster.check(&[(
-        Origin::Client(CLIENT_IP),
-        web.node_port_addr(),
-        cluster.reaches_masqueraded(&["a", "r"]),
-    )]);
+    // In nftables mode --nodeport-addresses defaults to the primary node IP:
+    // the node's other address is not a NodePort address, nothing listens.
+    let other_address = SocketAddr::from((NODE_UPLINK_IP, web.node_port_addr().port()));
+    cluster.check(&[
+        (
+            Origin::Client(CLIENT_IP),
+            web.node_port_addr(),
+            cluster.reaches_masqueraded(&["a", "r"]),
+        ),
+        (Origin::Client(CLIENT_IP), other_address, Expect::Refused),
+    ]);
 }
 
 /// `loadBalancerSourceRanges` guards only the load-balancer IP: other sources
@@ -640,37 +646,17 @@ fn external_traffic_policy_local() {
     let (client, pod) = (Origin::Client(CLIENT_IP), Origin::Pod("client"));
     let pod_ip = cluster.pod_ip("client");
     cluster.check(&[
-        (
-            client,
-            local.node_port_addr(),
-            cluster.reaches(&["a"], CLIENT_IP),
-        ),
+        (client, local.node_port_addr(), reaches(&["a"], CLIENT_IP)),
         (
             client,
             local.load_balancer_addr(),
-            cluster.reaches(&["a"], CLIENT_IP),
+            reaches(&["a"], CLIENT_IP),
         ),
         (client, remote_only.node_port_addr(), Expect::Dropped),
-        (
-            pod,
-            local.cluster_addr(),
-            cluster.reaches(&["a", "r"], pod_ip),
-        ),
-        (
-            pod,
-            remote_only.cluster_addr(),
-            cluster.reaches(&["r"], pod_ip),
-        ),
-        (
-            pod,
-            local.node_port_addr(),
-            cluster.reaches(&["a", "r"], pod_ip),
-        ),
-        (
-            pod,
-            remote_only.node_port_addr(),
-            cluster.reaches(&["r"], pod_ip),
-        ),
+        (pod, local.cluster_addr(), reaches(&["a", "r"], pod_ip)),
+        (pod, remote_only.cluster_addr(), reaches(&["r"], pod_ip)),
+        (pod, local.node_port_addr(), reaches(&["a", "r"], pod_ip)),
+        (pod, remote_only.node_port_addr(), reaches(&["r"], pod_ip)),
         (
             Origin::Node,
             local.node_port_addr(),
@@ -692,7 +678,7 @@ fn internal_traffic_policy_local() {
         (
             pod,
             local.cluster_addr(),
-            cluster.reaches(&["a"], cluster.pod_ip("client")),
+            reaches(&["a"], cluster.pod_ip("client")),
         ),
         (
             Origin::Node,
@@ -721,12 +707,8 @@ fn terminating_endpoints_only_without_ready_ones() {
     cluster.apply(&[mixed.clone(), draining.clone(), gone.clone()]);
     let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip("client"));
     cluster.check(&[
-        (pod, mixed.cluster_addr(), cluster.reaches(&["a"], pod_ip)),
-        (
-            pod,
-            draining.cluster_addr(),
-            cluster.reaches(&["b"], pod_ip),
-        ),
+        (pod, mixed.cluster_addr(), reaches(&["a"], pod_ip)),
+        (pod, draining.cluster_addr(), reaches(&["b"], pod_ip)),
         (pod, gone.cluster_addr(), Expect::Refused),
     ]);
 }
@@ -765,14 +747,10 @@ fn masquerade_matrix() {
         (
             Origin::Pod("a"),
             to_remote.cluster_addr(),
-            cluster.reaches(&["r"], a),
+            reaches(&["r"], a),
         ),
         // Pod to another pod on the same bridge: no NAT either.
-        (
-            Origin::Pod("b"),
-            to_a.cluster_addr(),
-            cluster.reaches(&["a"], b),
-        ),
+        (Origin::Pod("b"), to_a.cluster_addr(), reaches(&["a"], b)),
         // Hairpin: a pod reaching itself must be masqueraded, or it would
         // answer itself directly and drop the reply.
         (
@@ -864,7 +842,7 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
     cluster.check(&[(
         Origin::Pod("client"),
         after.cluster_addr(),
-        cluster.reaches(&["c", "r"], cluster.pod_ip("client")),
+        reaches(&["c", "r"], cluster.pod_ip("client")),
     )]);
 }
 
