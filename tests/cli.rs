@@ -53,9 +53,11 @@ fn flags_become_backend_options() {
                 net("fd00:10:244::/56")
             ]),
             node_port_addresses: vec![NodePortAddress::Cidr(net("10.0.0.0/8"))],
-            scheduling: Scheduling::Random,
+            // The file format has no selection; the CLI's `scheduling` supplies it.
+            scheduling: Scheduling::RoundRobin,
         }
     );
+    assert_eq!(inv.scheduling, Scheduling::RoundRobin);
 }
 
 #[test]
