@@ -1,8 +1,9 @@
-//! Rule syncs at scale: building the model from API objects, rendering the nftables
-//! ruleset, and applying it to a real kernel (in a private network namespace).
+//! Rule syncs at scale, end to end: building the model from API objects, and applying it
+//! to a real kernel (in a private network namespace). The backend's own work without the
+//! kernel (render, planning) is measured by `backends/nftables/benches/sync.rs`.
 //!
-//! `cargo bench --bench sync` runs the 1k-Service cases and the 10k render and model cases;
-//! `KPRS_BENCH_10K=1` adds the 10k-Service kernel applies, which take minutes each.
+//! `cargo bench --bench sync` runs the 1k and 10k model cases and the 1k kernel applies;
+//! `KPRS_BENCH_10K=1` adds the 10k-Service kernel applies.
 
 mod scale;
 
@@ -27,7 +28,9 @@ fn sizes(kernel: bool) -> Vec<u32> {
 
 fn options() -> ProxyOptions {
     ProxyOptions {
-        local_detector: kube_proxy_model::LocalDetector::Cidrs(vec!["10.128.0.0/9".parse().unwrap()]),
+        local_detector: kube_proxy_model::LocalDetector::Cidrs(vec!["10.128.0.0/9"
+            .parse()
+            .unwrap()]),
         ..ProxyOptions::default()
     }
 }
@@ -51,23 +54,12 @@ fn model(c: &mut Criterion) {
     }
 }
 
-/// The nftables script a full sync would send.
-fn render(c: &mut Criterion) {
-    let mut g = c.benchmark_group("nftables_render");
-    g.sample_size(10);
-    for n in sizes(false) {
-        let (_, state) = scale::built(n, ENDPOINTS);
-        let backend = NftablesBackend::new(options()).expect("nftables backend");
-        g.bench_with_input(BenchmarkId::from_parameter(n), &state, |b, state| {
-            b.iter(|| black_box(backend.render(state).expect("render")))
-        });
-    }
-}
-
 fn delete_tables() {
     for family in ["ip", "ip6"] {
         // Absent tables are fine: this only resets the private namespace between samples.
-        let _ = Command::new("nft").args(["delete", "table", family, "kube-proxy"]).status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, "kube-proxy"])
+            .status();
     }
 }
 
@@ -77,19 +69,24 @@ fn apply(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     for n in sizes(true) {
         let (mut builder, state) = scale::built(n, ENDPOINTS);
-        g.bench_with_input(BenchmarkId::new("full_from_empty", n), &state, |b, state| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    delete_tables();
-                    let mut backend = NftablesBackend::new(options()).expect("nftables backend");
-                    let start = Instant::now();
-                    backend.sync(state, &Changes::full()).expect("full sync");
-                    total += start.elapsed();
-                }
-                total
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("full_from_empty", n),
+            &state,
+            |b, state| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        delete_tables();
+                        let mut backend =
+                            NftablesBackend::new(options()).expect("nftables backend");
+                        let start = Instant::now();
+                        backend.sync(state, &Changes::full()).expect("full sync");
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            },
+        );
         delete_tables();
         let mut backend = NftablesBackend::new(options()).expect("nftables backend");
         backend.sync(&state, &Changes::full()).expect("full sync");
@@ -106,16 +103,21 @@ fn apply(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, model, render, apply);
+criterion_group!(benches, model, apply);
 
 fn main() {
     // Everything below runs in a network namespace of its own: the host's rules are never
     // touched, and the namespace vanishes with the process.
     // SAFETY: called before any thread is started, with no pointers involved.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!("unshare(CLONE_NEWNET) failed (run as root): {}", std::io::Error::last_os_error());
+        eprintln!(
+            "unshare(CLONE_NEWNET) failed (run as root): {}",
+            std::io::Error::last_os_error()
+        );
         std::process::exit(1);
     }
     benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
 }

@@ -31,7 +31,14 @@ pub fn service(i: u32) -> Service {
     Service {
         metadata: meta(&format!("ns-{}", i / 100), &format!("svc-{i}")),
         spec: Some(ServiceSpec {
-            type_: Some(if node_port.is_some() { "NodePort" } else { "ClusterIP" }.into()),
+            type_: Some(
+                if node_port.is_some() {
+                    "NodePort"
+                } else {
+                    "ClusterIP"
+                }
+                .into(),
+            ),
             cluster_ip: Some(ip([10, 96, 0, 10], i)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
@@ -77,7 +84,9 @@ pub fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSlice {
 
 /// The initial lists of a cluster with `services` Services of `endpoints` endpoints each.
 pub fn cluster(services: u32, endpoints: u32) -> Vec<SourceEvent> {
-    let svcs = (0..services).map(|i| Object::Service(Box::new(service(i)))).collect();
+    let svcs = (0..services)
+        .map(|i| Object::Service(Box::new(service(i))))
+        .collect();
     let slices = (0..services)
         .map(|i| Object::EndpointSlice(Box::new(slice(i, endpoints, 0))))
         .collect();
@@ -98,8 +107,14 @@ pub fn built(services: u32, endpoints: u32) -> (ModelBuilder, ProxyState) {
 }
 
 /// Replaces the endpoints of service 0 (a pod restart) and returns what the next sync gets.
-pub fn churn_one(builder: &mut ModelBuilder, endpoints: u32, generation: u32) -> (ProxyState, Changes) {
-    let ev = SourceEvent::Applied(Object::EndpointSlice(Box::new(slice(0, endpoints, generation))));
+pub fn churn_one(
+    builder: &mut ModelBuilder,
+    endpoints: u32,
+    generation: u32,
+) -> (ProxyState, Changes) {
+    let ev = SourceEvent::Applied(Object::EndpointSlice(Box::new(slice(
+        0, endpoints, generation,
+    ))));
     builder.handle(ev);
     builder.take_changes()
 }
