@@ -31,8 +31,6 @@ const SERVICE_PORT: u16 = 80;
 const APPLY_LIMIT: Duration = Duration::from_secs(60);
 /// An upper bound for a plain `nft` command.
 const NFT_LIMIT: Duration = Duration::from_secs(10);
-/// Requests per endpoint when checking that traffic is spread over endpoints.
-const PROBES_PER_ENDPOINT: usize = 60;
 
 // ---------------------------------------------------------------------------
 // Services and their endpoints, rendered the way `kubectl get -o yaml` shows them.
@@ -306,6 +304,7 @@ enum Origin {
 /// kube-proxy's output and the node's ruleset.
 struct Cluster {
     topology: Topology,
+    selection: Selection,
     workdir: tempfile::TempDir,
     applies: usize,
     log: String,
@@ -316,6 +315,7 @@ impl Cluster {
         require_prerequisites();
         Cluster {
             topology: Topology::build(local_pods, remote_pods),
+            selection: Selection::RoundRobin,
             workdir: tempfile::tempdir().expect("temporary directory"),
             applies: 0,
             log: String::new(),
@@ -338,6 +338,9 @@ impl Cluster {
             .arg(&path)
             .args(["--proxy-mode", "nftables", "--hostname-override", NODE_NAME])
             .args(["--cluster-cidr", CLUSTER_CIDR]);
+        if let Selection::Random = self.selection {
+            kube_proxy.arg("--endpoint-selection=random");
+        }
         let output =
             netns::output_bounded(&mut kube_proxy, APPLY_LIMIT).expect("kube-proxy apply finishes");
         self.log = format!(
@@ -419,12 +422,10 @@ impl Cluster {
         }
     }
 
-    /// Requests reach exactly the `expected` answers, each a fair share
-    /// (kube-proxy picks endpoints with `numgen random`, as upstream does, so
-    /// the check is a bound, not an exact split: each of N gets at least 40 %
-    /// of 1/N; a false failure is about one in a million).
+    /// Requests reach exactly the `expected` answers, spread as the
+    /// cluster's [`Selection`] promises.
     fn expect_spread(&self, flows: (Origin, Proto, SocketAddr), expected: &[Answer]) {
-        let count = PROBES_PER_ENDPOINT * expected.len();
+        let count = self.selection.requests_per_endpoint() * expected.len();
         let outcomes = self.send(
             flows,
             count,
@@ -432,24 +433,14 @@ impl Cluster {
         );
         let (origin, proto, target) = flows;
         let what = format!("{proto:?} {origin:?} -> {target}");
-        let tally = tally(&outcomes);
-        for answer in tally.keys() {
+        for outcome in &outcomes {
             assert!(
-                matches!(answer, Outcome::Answered(a) if expected.contains(a)),
-                "{what}: unexpected {answer:?}; expected only {expected:?}; all: {tally:?}"
+                matches!(outcome, Outcome::Answered(a) if expected.contains(a)),
+                "{what}: unexpected {outcome:?}; expected only {expected:?}; all: {:?}",
+                tally(&outcomes)
             );
         }
-        let floor = count * 2 / (5 * expected.len());
-        for answer in expected {
-            let got = tally
-                .get(&Outcome::Answered(answer.clone()))
-                .copied()
-                .unwrap_or(0);
-            assert!(
-                got >= floor,
-                "{what}: {answer:?} answered {got} of {count} (< {floor}); all: {tally:?}"
-            );
-        }
+        self.selection.check(&what, &outcomes, expected);
     }
 
     /// One request gets `expected` (Refused or TimedOut).
@@ -474,6 +465,62 @@ enum Expect {
 fn reaches(pods: &[&str], source: impl Into<IpAddr>) -> Expect {
     let source = source.into();
     Expect::Answers(pods.iter().map(|pod| answer(pod, source)).collect())
+}
+
+/// How kube-proxy picks endpoints for new connections, and so what a correct
+/// spread looks like.
+#[derive(Clone, Copy)]
+enum Selection {
+    /// The default, `numgen inc`: one counter per service, so consecutive
+    /// connections visit the endpoints in a fixed cycle.
+    RoundRobin,
+    /// `--endpoint-selection=random`, upstream's `numgen random`.
+    Random,
+}
+
+impl Selection {
+    fn requests_per_endpoint(self) -> usize {
+        match self {
+            Selection::RoundRobin => 10,
+            // Enough for the bound below to be tight.
+            Selection::Random => 60,
+        }
+    }
+
+    /// `outcomes` (all answers from `expected`) are spread as promised.
+    fn check(self, what: &str, outcomes: &[Outcome], expected: &[Answer]) {
+        let period = expected.len();
+        match self {
+            Selection::RoundRobin => {
+                let round = tally(&outcomes[..period]);
+                assert_eq!(round.len(), period, "{what}: first round {round:?}");
+                for (i, outcome) in outcomes.iter().enumerate() {
+                    let cycle = &outcomes[i % period];
+                    assert_eq!(
+                        outcome, cycle,
+                        "{what}: request {i} left the cycle {round:?}"
+                    );
+                }
+            }
+            // Each of N endpoints gets at least 40 % of 1/N; a false failure
+            // is about one in a million. A perfect cycle instead would mean
+            // the flag was ignored (chance: 1/N per request).
+            Selection::Random => {
+                let cyclic = (0..outcomes.len()).all(|i| outcomes[i] == outcomes[i % period]);
+                assert!(!cyclic, "{what}: round-robin instead of random");
+                let tally = tally(outcomes);
+                let floor = outcomes.len() * 2 / (5 * period);
+                for answer in expected {
+                    let got = tally.get(&Outcome::Answered(answer.clone())).copied();
+                    let got = got.unwrap_or(0);
+                    assert!(
+                        got >= floor,
+                        "{what}: {answer:?} got {got} (< {floor}): {tally:?}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// What `pod` answers when the request reached it from `source`.
@@ -566,8 +613,9 @@ fn harness_routes_plain_traffic() {
 // ---------------------------------------------------------------------------
 // kube-proxy scenarios.
 
-/// Pods keep their source; the node's own traffic to a ClusterIP is
-/// masqueraded (it comes from outside the cluster CIDR). All endpoints serve.
+/// Connections take the endpoints in turn (kube-proxy-rs's default
+/// round-robin). Pods keep their source; the node's own traffic to a
+/// ClusterIP is masqueraded (it comes from outside the cluster CIDR).
 #[test]
 fn cluster_ip_spreads_over_all_endpoints() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
@@ -586,6 +634,22 @@ fn cluster_ip_spreads_over_all_endpoints() {
             cluster.reaches_masqueraded(&endpoints),
         ),
     ]);
+}
+
+/// `--endpoint-selection=random` (upstream's only behaviour) still reaches
+/// every endpoint, each with a fair share.
+#[test]
+fn random_endpoint_selection_spreads_fairly() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
+    cluster.selection = Selection::Random;
+    let web = Svc::new("web", 10, &["a", "b", "r"]);
+    cluster.apply(&[web.clone()]);
+    let endpoints = ["a", "b", "r"];
+    cluster.check(&[(
+        Origin::Pod("client"),
+        web.cluster_addr(),
+        reaches(&endpoints, cluster.pod_ip("client")),
+    )]);
 }
 
 /// An external client reaches both local and remote endpoints through a
