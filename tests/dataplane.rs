@@ -756,10 +756,11 @@ fn internal_traffic_policy_local() {
 
 /// Serving-but-terminating endpoints are a fallback for when no endpoint is
 /// ready; non-serving ones are never used, and a service left with only
-/// those rejects.
+/// those rejects. With `externalTrafficPolicy: Local` the fallback applies to
+/// the node's own endpoints even while remote ones are ready.
 #[test]
 fn terminating_endpoints_only_without_ready_ones() {
-    let mut cluster = Cluster::new(&["a", "b", "c", "client"], &[]);
+    let mut cluster = Cluster::new(&["a", "b", "c", "client"], &["r"]);
     let with_terminating = |name, host, ready: &[&'static str]| {
         Svc::new(name, host, ready)
             .endpoint("b", Condition::ServingTerminating)
@@ -768,12 +769,23 @@ fn terminating_endpoints_only_without_ready_ones() {
     let mixed = with_terminating("mixed", 10, &["a"]);
     let draining = with_terminating("draining", 11, &[]);
     let gone = Svc::new("gone", 12, &[]).endpoint("c", Condition::Terminating);
-    cluster.apply(&[mixed.clone(), draining.clone(), gone.clone()]);
+    let local_draining = with_terminating("local-draining", 13, &["r"])
+        .node_port(30087)
+        .external_traffic_local();
+    let services = [mixed, draining, gone, local_draining];
+    cluster.apply(&services);
+    let [mixed, draining, gone, local_draining] = &services;
     let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip("client"));
     cluster.check(&[
         (pod, mixed.cluster_addr(), reaches(&["a"], pod_ip)),
         (pod, draining.cluster_addr(), reaches(&["b"], pod_ip)),
         (pod, gone.cluster_addr(), Expect::Refused),
+        (pod, local_draining.cluster_addr(), reaches(&["r"], pod_ip)),
+        (
+            Origin::Client(CLIENT_IP),
+            local_draining.node_port_addr(),
+            reaches(&["b"], CLIENT_IP),
+        ),
     ]);
 }
 
@@ -885,55 +897,69 @@ fn client_ip_affinity_sticks_to_one_endpoint() {
 }
 
 /// A second apply with other endpoints: new connections go only to the new
-/// set while an established TCP connection to a removed endpoint keeps working.
+/// set while an established TCP connection to a removed endpoint keeps
+/// working; a service that gained endpoints starts answering and a deleted
+/// one stops.
 #[test]
 fn incremental_sync_moves_new_connections_keeps_open_ones() {
     let mut cluster = Cluster::new(&["a", "b", "c", "client"], &["r"]);
-    let before = Svc::new("web", 10, &["a", "b"]);
-    cluster.apply(&[before.clone()]);
-    let (ns, _) = cluster.origin(Origin::Pod("client"));
+    let web = Svc::new("web", 10, &["a", "b"]);
+    let late = Svc::new("late", 11, &[]);
+    let deleted = Svc::new("deleted", 12, &["b"]);
+    cluster.apply(&[web.clone(), late.clone(), deleted.clone()]);
+    let pod = Origin::Pod("client");
+    let pod_ip = cluster.pod_ip("client");
+    cluster.check(&[
+        (pod, late.cluster_addr(), Expect::Refused),
+        (pod, deleted.cluster_addr(), reaches(&["b"], pod_ip)),
+    ]);
+    let (ns, _) = cluster.origin(pod);
     let mut open = ns
-        .enter(|| TcpConversation::open(None, before.cluster_addr()))
+        .enter(|| TcpConversation::open(None, web.cluster_addr()))
         .expect("connect before the update");
     let first = open.exchange().answer("before the update").clone();
-    let after = Svc::new("web", 10, &["c", "r"]);
-    cluster.apply(&[after.clone()]);
+    cluster.apply(&[
+        Svc::new("web", 10, &["c", "r"]),
+        Svc::new("late", 11, &["a"]),
+    ]);
     assert_eq!(
         open.exchange(),
         Outcome::Answered(first),
         "established connection after the update"
     );
-    cluster.check(&[(
-        Origin::Pod("client"),
-        after.cluster_addr(),
-        reaches(&["c", "r"], cluster.pod_ip("client")),
-    )]);
+    cluster.check(&[
+        (pod, web.cluster_addr(), reaches(&["c", "r"], pod_ip)),
+        (pod, late.cluster_addr(), reaches(&["a"], pod_ip)),
+        (pod, deleted.cluster_addr(), Expect::Dropped),
+    ]);
 }
 
-/// A UDP flow (same socket, same 5-tuple) moves to the new endpoint once its
-/// old one is removed: kube-proxy must clear the stale conntrack entry, as in
-/// upstream's e2e "preserve UDP traffic when server pod cycles".
+/// UDP flows (same socket, same 5-tuple) follow endpoint changes: a flow
+/// whose endpoint was removed moves to the new one, so kube-proxy must clear
+/// the stale conntrack entry (upstream e2e: "preserve UDP traffic when server
+/// pod cycles"); a flow rejected for lack of endpoints is answered once the
+/// service has some.
 #[test]
-fn udp_flow_follows_endpoint_change() {
+fn udp_flows_follow_endpoint_changes() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &[]);
-    let before = Svc::new("dns", 10, &["a"]);
-    cluster.apply(&[before.clone()]);
+    let (dns, late) = (Svc::new("dns", 10, &["a"]), Svc::new("late", 11, &[]));
+    cluster.apply(&[dns.clone(), late.clone()]);
     let (ns, _) = cluster.origin(Origin::Pod("client"));
-    let flow = ns
-        .enter(|| UdpFlow::open(None, before.cluster_addr()))
-        .expect("udp socket");
+    let flows = ns
+        .enter(|| [dns.cluster_addr(), late.cluster_addr()].map(|addr| UdpFlow::open(None, addr)));
+    let flows = flows.map(|flow| flow.expect("udp socket"));
+    let exchange = || flows.each_ref().map(UdpFlow::exchange);
     let source = cluster.pod_ip("client");
-    let before_update = flow.exchange();
+    let answered = |pod| Outcome::Answered(answer(pod, source));
     assert_eq!(
-        before_update,
-        Outcome::Answered(answer("a", source)),
-        "before the update"
+        exchange(),
+        [answered("a"), Outcome::Refused],
+        "[dns, late] before the update"
     );
-    cluster.apply(&[Svc::new("dns", 10, &["b"])]);
-    let after_update = flow.exchange();
+    cluster.apply(&[Svc::new("dns", 10, &["b"]), Svc::new("late", 11, &["b"])]);
     assert_eq!(
-        after_update,
-        Outcome::Answered(answer("b", source)),
-        "same flow after the update"
+        exchange(),
+        [answered("b"), answered("b")],
+        "[dns, late] after the update"
     );
 }
