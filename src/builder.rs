@@ -23,6 +23,8 @@ use crate::sources::{Kind, Object, SourceEvent};
 pub struct ModelBuilder {
     node_name: String,
     fallback_node_ips: Vec<IpAddr>,
+    /// Node IPs that win over the Node object's (see [`Self::override_node_ips`]).
+    override_node_ips: Vec<IpAddr>,
     /// Our own Node object, once seen.
     node: Option<NodeFacts>,
     /// ServiceCIDR objects by name.
@@ -49,6 +51,7 @@ impl ModelBuilder {
         let mut builder = ModelBuilder {
             node_name: node_name.trim().to_lowercase(),
             fallback_node_ips,
+            override_node_ips: Vec::new(),
             node: None,
             service_cidrs: BTreeMap::new(),
             services: HashMap::new(),
@@ -61,6 +64,14 @@ impl ModelBuilder {
         };
         builder.update_node();
         builder
+    }
+
+    /// Makes `ips` win over the Node object's addresses of their family, as upstream's
+    /// `detectNodeIPs` does with a specific `--bind-address`; the first one's family becomes
+    /// the primary one.
+    pub fn override_node_ips(&mut self, ips: Vec<IpAddr>) {
+        self.override_node_ips = ips;
+        self.update_node();
     }
 
     /// Folds one event into the model.
@@ -294,15 +305,13 @@ impl ModelBuilder {
 
     fn node_info(&self) -> NodeInfo {
         let facts = self.node.clone().unwrap_or_default();
-        let mut ips = facts.ips;
-        for ip in &self.fallback_node_ips {
-            if ips
+        let ips = convert::first_per_family(
+            self.override_node_ips
                 .iter()
-                .all(|have| IpFamily::of(have) != IpFamily::of(ip))
-            {
-                ips.push(*ip);
-            }
-        }
+                .chain(&facts.ips)
+                .chain(&self.fallback_node_ips)
+                .copied(),
+        );
         let mut service_cidrs: Vec<ipnet::IpNet> =
             self.service_cidrs.values().flatten().copied().collect();
         service_cidrs.sort();
@@ -858,6 +867,18 @@ mod tests {
         b.handle(SourceEvent::Applied(node("node-a", None, &["192.0.2.1"])));
         let want: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
         assert_eq!(b.state().node.ips, want);
+        b.take_changes();
+        b.override_node_ips(vec!["2001:db8::99".parse().unwrap()]);
+        let want: Vec<IpAddr> = vec![
+            "2001:db8::99".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+        ];
+        assert_eq!(
+            b.state().node.ips,
+            want,
+            "a bind address wins and becomes primary"
+        );
+        assert!(b.take_changes().1.full, "node IPs changed");
 
         b.handle(SourceEvent::Applied(service_cidr(
             "b",

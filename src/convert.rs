@@ -362,29 +362,27 @@ fn read_cluster_ips(
     spec: &k8s_openapi::api::core::v1::ServiceSpec,
     problems: &mut Problems,
 ) -> Option<Vec<IpAddr>> {
-    let (field, raw): (&str, Vec<&str>) = match spec.cluster_ips.as_deref() {
-        Some(ips) if !ips.is_empty() => {
-            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
-        }
-        _ => (
-            "spec.clusterIP",
-            spec.cluster_ip.as_deref().into_iter().collect(),
-        ),
+    let raw: Vec<(String, &str)> = match spec.cluster_ips.as_deref() {
+        Some(ips) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.as_str()))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .map(|ip| ("spec.clusterIP".to_string(), ip.as_str()))
+            .collect(),
     };
-    let mut out: Vec<IpAddr> = Vec::new();
-    for (i, s) in raw.iter().enumerate() {
+    let mut parsed = Vec::with_capacity(raw.len());
+    for (field, s) in raw {
         let Some(ip) = parse_ip_sloppy(s) else {
-            problems.push(format!("{field}[{i}]"), format!("invalid IP {s:?}"));
+            problems.push(field, format!("invalid IP {s:?}"));
             return None;
         };
-        if out
-            .iter()
-            .all(|have| IpFamily::of(have) != IpFamily::of(&ip))
-        {
-            out.push(ip);
-        }
+        parsed.push(ip);
     }
-    Some(out)
+    Some(first_per_family(parsed))
 }
 
 /// `status.loadBalancer.ingress[].ip`, except `ipMode: Proxy` ones, which the load balancer
@@ -764,8 +762,13 @@ fn node_ips(node: &Node, problems: &mut Problems) -> Vec<IpAddr> {
             }
         }
     }
+    first_per_family(ranked)
+}
+
+/// The first address of each family, in the order they come.
+pub fn first_per_family(ips: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
-    for ip in ranked {
+    for ip in ips {
         if out
             .iter()
             .all(|have| IpFamily::of(have) != IpFamily::of(&ip))
@@ -1180,7 +1183,7 @@ mod tests {
             got,
             [
                 vec!["Service ns/<unnamed>: metadata.name: missing".to_string()],
-                vec![r#"Service ns/svc: spec.clusterIP[0]: invalid IP "10.96.0.999""#.to_string()],
+                vec![r#"Service ns/svc: spec.clusterIP: invalid IP "10.96.0.999""#.to_string()],
                 vec![r#"Service ns/svc: spec.type: unsupported "Weird""#.to_string()],
             ]
         );
