@@ -87,7 +87,7 @@ impl Netns {
         let name = format!("kpdp-{}-{id}-{role}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip("link set lo up");
         ns
     }
 
@@ -95,9 +95,19 @@ impl Netns {
         &self.name
     }
 
-    /// Runs `ip -n <ns> ARGS`, panicking on failure.
-    pub fn ip(&self, args: &[&str]) -> String {
-        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    /// Runs `ip -n <ns> ARGS` (split at whitespace), panicking on failure.
+    pub fn ip(&self, args: &str) -> String {
+        run(Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args.split_whitespace()))
+    }
+
+    /// Creates a veth pair: `dev` here, `peer_dev` inside `peer`.
+    fn veth(&self, dev: &str, peer: &Netns, peer_dev: &str) {
+        let peer = peer.name();
+        self.ip(&format!(
+            "link add {dev} type veth peer name {peer_dev} netns {peer}"
+        ));
     }
 
     /// A command that runs `program` inside this namespace.
@@ -241,50 +251,28 @@ impl Topology {
     fn add_pod(&mut self, name: &str, gateway: Ipv4Addr, index: usize, node: &'static str) {
         let [a, b, c, _] = gateway.octets();
         let ip = Ipv4Addr::new(a, b, c, 2 + u8::try_from(index).expect("too many pods"));
-        let netns = Netns::create("pod");
+        let netns = Netns::create(&format!("pod-{name}"));
         let host = if node == NODE_NAME {
             &self.node
         } else {
             &self.remote
         };
         let port = format!("veth{index}");
-        host.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ]);
-        host.ip(&["link", "set", &port, "master", "cbr0", "up"]);
-        // Lets a pod reach itself through a service (hairpin).
-        host.ip(&[
-            "link",
-            "set",
-            &port,
-            "type",
-            "bridge_slave",
-            "hairpin",
-            "on",
-        ]);
-        netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        netns.ip(&["link", "set", "eth0", "up"]);
-        netns.ip(&["route", "add", "default", "via", &gateway.to_string()]);
+        host.veth(&port, &netns, "eth0");
+        // Hairpin lets a pod reach itself through a service.
+        host.ip(&format!("link set {port} master cbr0 up"));
+        host.ip(&format!("link set {port} type bridge_slave hairpin on"));
+        link_up(&netns, "eth0", ip, 24);
+        netns.ip(&format!("route add default via {gateway}"));
         let server = EchoServer::start(&netns, name, POD_PORT);
-        self.pods.insert(
-            name.to_owned(),
-            Pod {
-                name: name.to_owned(),
-                ip,
-                node,
-                server,
-                netns,
-            },
-        );
+        let pod = Pod {
+            name: name.to_owned(),
+            ip,
+            node,
+            server,
+            netns,
+        };
+        self.pods.insert(name.to_owned(), pod);
     }
 }
 
@@ -297,79 +285,43 @@ impl Pod {
 
 /// A node's bridge for its pods plus forwarding; shared by both nodes.
 fn wire_bridge(ns: &Netns, gateway: Ipv4Addr) {
-    ns.ip(&["link", "add", "cbr0", "type", "bridge"]);
-    ns.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "cbr0"]);
-    ns.ip(&["link", "set", "cbr0", "up"]);
+    ns.ip("link add cbr0 type bridge");
+    link_up(ns, "cbr0", gateway, 24);
     ns.sysctl("ipv4/ip_forward", "1");
 }
 
 /// The node-to-node link carrying `NODE_IP`, and routes to each other's pods.
 fn wire_remote(node: &Netns, remote: &Netns) {
     wire_bridge(remote, REMOTE_POD_GATEWAY);
-    node.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        remote.name(),
-    ]);
+    node.veth("eth0", remote, "eth0");
     link_up(node, "eth0", NODE_IP, 24);
     link_up(remote, "eth0", REMOTE_NODE_IP, 24);
-    node.ip(&[
-        "route",
-        "add",
-        REMOTE_POD_CIDR,
-        "via",
-        &REMOTE_NODE_IP.to_string(),
-    ]);
+    node.ip(&format!("route add {REMOTE_POD_CIDR} via {REMOTE_NODE_IP}"));
     // Replies to pods, NodePort clients and masqueraded traffic all go back
     // through the node under test.
-    remote.ip(&["route", "add", "default", "via", &NODE_IP.to_string()]);
+    remote.ip(&format!("route add default via {NODE_IP}"));
 }
 
 /// The external client: a link network plus two "public" source addresses.
 fn wire_client(node: &Netns, client: &Netns) {
-    node.ip(&[
-        "link",
-        "add",
-        "eth1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        client.name(),
-    ]);
+    node.veth("eth1", client, "eth0");
     link_up(node, "eth1", NODE_UPLINK_IP, 24);
     link_up(client, "eth0", CLIENT_LINK_IP, 24);
     for ip in [CLIENT_IP, OTHER_CLIENT_IP] {
-        client.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        client.ip(&format!("addr add {ip}/32 dev lo"));
     }
-    client.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &NODE_UPLINK_IP.to_string(),
-        "src",
-        &CLIENT_IP.to_string(),
-    ]);
-    let client_via = CLIENT_LINK_IP.to_string();
-    node.ip(&["route", "add", "203.0.113.0/24", "via", &client_via]);
+    client.ip(&format!(
+        "route add default via {NODE_UPLINK_IP} src {CLIENT_IP}"
+    ));
+    node.ip(&format!("route add 203.0.113.0/24 via {CLIENT_LINK_IP}"));
     // Node-local connect() to a ClusterIP needs some route before the nat
     // output hook ever sees the packet; upstream nodes have a default route.
-    node.ip(&["route", "add", SERVICE_CIDR, "via", &client_via]);
+    node.ip(&format!("route add {SERVICE_CIDR} via {CLIENT_LINK_IP}"));
 }
 
 fn link_up(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix: u8) {
-    ns.ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", dev]);
-    ns.ip(&["link", "set", dev, "up"]);
+    ns.ip(&format!("addr add {ip}/{prefix} dev {dev}"));
+    ns.ip(&format!("link set {dev} up"));
 }
 
 /// What an echo server reported: who it is and the peer it saw.
