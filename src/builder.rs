@@ -385,9 +385,10 @@ fn family_index(family: IpFamily) -> usize {
     }
 }
 
-/// The endpoints of `port` across a Service's slices, one per `ip:port`. When slices
-/// disagree about an endpoint (overlap during a rollout), the first slice by name wins,
-/// except that a local copy wins over a remote one, as upstream.
+/// The endpoints of `port` across a Service's slices, one per `ip:port`. The same address
+/// shows up twice while an endpoint moves between slices, or when the pod network reuses
+/// the IP of a terminating pod: as upstream, a non-terminating copy wins over a terminating
+/// one; otherwise the first slice by name wins (upstream leaves that to map order).
 fn merge_endpoints(slices: &BTreeMap<String, SliceEndpoints>, port: &ServicePort) -> Vec<Endpoint> {
     let mut merged: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
     for slice in slices.values().filter(|s| s.family == port.family) {
@@ -398,14 +399,15 @@ fn merge_endpoints(slices: &BTreeMap<String, SliceEndpoints>, port: &ServicePort
         for slice_port in matching {
             for ep in &slice.endpoints {
                 let key = (ep.ip, slice_port.port);
-                if !merged.contains_key(&key) || ep.is_local {
-                    merged.insert(
-                        key,
-                        Endpoint {
-                            port: slice_port.port,
-                            ..ep.clone()
-                        },
-                    );
+                let replaces = merged
+                    .get(&key)
+                    .is_none_or(|have| have.terminating && !ep.terminating);
+                if replaces {
+                    let ep = Endpoint {
+                        port: slice_port.port,
+                        ..ep.clone()
+                    };
+                    merged.insert(key, ep);
                 }
             }
         }
@@ -622,8 +624,40 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_endpoints_across_slices_prefer_the_local_copy_then_the_first_slice() {
+    fn duplicate_endpoints_across_slices_prefer_non_terminating_then_the_first_slice() {
         let svc = service("web", &["10.96.0.1"], &[HTTP], json!({}));
+        let old = |name: &str| {
+            let Object::EndpointSlice(mut s) = slice(
+                name,
+                "web",
+                "IPv4",
+                &[HTTP_TARGET],
+                &[("10.0.0.1", None, false, None)],
+            ) else {
+                unreachable!()
+            };
+            s.endpoints[0].conditions.as_mut().unwrap().terminating = Some(true);
+            Object::EndpointSlice(s)
+        };
+        let new = |name: &str| {
+            slice(
+                name,
+                "web",
+                "IPv4",
+                &[HTTP_TARGET],
+                &[("10.0.0.1", Some("node-a"), true, None)],
+            )
+        };
+        for (a, z) in [(old("web-a"), new("web-z")), (new("web-a"), old("web-z"))] {
+            let b = synced(vec![svc.clone(), a, z]);
+            let ep = &b.state().v4[&web_port()].endpoints;
+            assert_eq!(ep.len(), 1);
+            assert!(
+                ep[0].ready && !ep[0].terminating,
+                "the running pod's copy wins"
+            );
+        }
+
         let a = slice(
             "web-a",
             "web",
@@ -636,23 +670,13 @@ mod tests {
             "web",
             "IPv4",
             &[HTTP_TARGET],
-            &[("10.0.0.1", Some("node-a"), true, None)],
-        );
-        let b = synced(vec![svc.clone(), a.clone(), z]);
-        let ep = &b.state().v4[&web_port()].endpoints;
-        assert_eq!(ep.len(), 1);
-        assert!(ep[0].is_local && ep[0].ready);
-
-        let z_remote = slice(
-            "web-z",
-            "web",
-            "IPv4",
-            &[HTTP_TARGET],
             &[("10.0.0.1", None, true, None)],
         );
-        let b = synced(vec![svc, a, z_remote]);
-        let ep = &b.state().v4[&web_port()].endpoints;
-        assert!(!ep[0].ready, "web-a sorts first");
+        let b = synced(vec![svc, a, z]);
+        assert!(
+            !b.state().v4[&web_port()].endpoints[0].ready,
+            "web-a sorts first"
+        );
     }
 
     #[test]

@@ -639,7 +639,13 @@ fn read_endpoint(
     problems: &mut Problems,
 ) -> Option<Endpoint> {
     // Like upstream, only the first address counts: the others are the same endpoint.
-    let raw = ep.addresses.first()?;
+    let Some(raw) = ep.addresses.first() else {
+        problems.push(
+            format!("endpoints[{i}].addresses"),
+            "empty, endpoint ignored",
+        );
+        return None;
+    };
     let Some(ip) = parse_ip_sloppy(raw) else {
         problems.push(
             format!("endpoints[{i}].addresses[0]"),
@@ -1215,7 +1221,10 @@ mod tests {
             ],
         }));
         let c = endpoint_slice(&s, "node-a");
-        assert_eq!(messages(&c.problems), Vec::<String>::new());
+        assert_eq!(
+            messages(&c.problems),
+            ["EndpointSlice ns/svc-abc: endpoints[3].addresses: empty, endpoint ignored"]
+        );
         let got = c.value.unwrap();
         assert_eq!(got.service, ObjectKey::new("ns", "svc"));
         assert_eq!(got.family, IpFamily::V4);
