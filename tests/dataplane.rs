@@ -47,6 +47,26 @@ enum Exposure {
     },
 }
 
+impl Exposure {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Exposure::ClusterIp => "ClusterIP",
+            Exposure::NodePort(_) => "NodePort",
+            Exposure::LoadBalancer { .. } => "LoadBalancer",
+        }
+    }
+
+    fn node_port(&self) -> Option<u16> {
+        match self {
+            Exposure::ClusterIp => None,
+            Exposure::NodePort(port)
+            | Exposure::LoadBalancer {
+                node_port: port, ..
+            } => Some(*port),
+        }
+    }
+}
+
 /// An endpoint's conditions in its EndpointSlice.
 #[derive(Clone, Copy)]
 enum Condition {
@@ -131,13 +151,8 @@ impl Svc {
 
     /// The node port on the node's primary IP.
     fn node_port_addr(&self) -> SocketAddr {
-        let port = match self.exposure {
-            Exposure::NodePort(port)
-            | Exposure::LoadBalancer {
-                node_port: port, ..
-            } => port,
-            Exposure::ClusterIp => panic!("{} has no node port", self.name),
-        };
+        let port = self.exposure.node_port();
+        let port = port.unwrap_or_else(|| panic!("{} has no node port", self.name));
         SocketAddr::from((NODE_IP, port))
     }
 
@@ -149,37 +164,14 @@ impl Svc {
     }
 
     fn service_object(&self) -> Value {
-        let node_port = match &self.exposure {
-            Exposure::ClusterIp => None,
-            Exposure::NodePort(port)
-            | Exposure::LoadBalancer {
-                node_port: port, ..
-            } => Some(*port),
-        };
-        let ports: Vec<Value> = [("tcp", "TCP"), ("udp", "UDP")]
-            .iter()
-            .map(|(name, protocol)| {
-                let mut port = json!({
-                    "name": name, "port": SERVICE_PORT, "protocol": protocol, "targetPort": POD_PORT,
-                });
-                if let Some(node_port) = node_port {
-                    port["nodePort"] = json!(node_port);
-                }
-                port
-            })
-            .collect();
         let policy = |local| if local { "Local" } else { "Cluster" };
         let mut spec = json!({
-            "type": match self.exposure {
-                Exposure::ClusterIp => "ClusterIP",
-                Exposure::NodePort(_) => "NodePort",
-                Exposure::LoadBalancer { .. } => "LoadBalancer",
-            },
+            "type": self.exposure.type_name(),
             "clusterIP": self.cluster_ip.to_string(),
             "clusterIPs": [self.cluster_ip.to_string()],
             "ipFamilies": ["IPv4"],
             "ipFamilyPolicy": "SingleStack",
-            "ports": ports,
+            "ports": self.service_ports(),
             "selector": {"app": self.name},
             "sessionAffinity": if self.client_ip_affinity { "ClientIP" } else { "None" },
             "internalTrafficPolicy": policy(self.internal_local),
@@ -187,37 +179,47 @@ impl Svc {
         if self.client_ip_affinity {
             spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 10800}});
         }
-        if node_port.is_some() {
+        if let Some(node_port) = self.exposure.node_port() {
             spec["externalTrafficPolicy"] = json!(policy(self.external_local));
             if self.external_local {
                 // The API server allocates one for Local policy on these types.
-                spec["healthCheckNodePort"] = json!(node_port.map(|port| port + 1000));
+                spec["healthCheckNodePort"] = json!(node_port + 1000);
             }
         }
         if !self.external_ips.is_empty() {
-            spec["externalIPs"] = json!(self
-                .external_ips
-                .iter()
-                .map(Ipv4Addr::to_string)
-                .collect::<Vec<_>>());
+            spec["externalIPs"] = json!(self.external_ips);
         }
-        let mut status = json!({"loadBalancer": {}});
+        let mut ingress = Vec::new();
         if let Exposure::LoadBalancer {
-            ingress,
+            ingress: ip,
             source_ranges,
             ..
         } = &self.exposure
         {
             spec["loadBalancerSourceRanges"] = json!(source_ranges);
-            status = json!({"loadBalancer": {"ingress": [{"ip": ingress.to_string(), "ipMode": "VIP"}]}});
+            ingress.push(json!({"ip": ip, "ipMode": "VIP"}));
         }
         json!({
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": self.name, "namespace": "default"},
             "spec": spec,
-            "status": status,
+            "status": {"loadBalancer": {"ingress": ingress}},
         })
+    }
+
+    /// Port 80 over TCP and UDP, both to the pods' echo port.
+    fn service_ports(&self) -> Vec<Value> {
+        let ports = [("tcp", "TCP"), ("udp", "UDP")].map(|(name, protocol)| {
+            let mut port = json!({
+                "name": name, "port": SERVICE_PORT, "protocol": protocol, "targetPort": POD_PORT,
+            });
+            if let Some(node_port) = self.exposure.node_port() {
+                port["nodePort"] = json!(node_port);
+            }
+            port
+        });
+        ports.into()
     }
 
     fn endpoint_slice_object(&self, topology: &Topology) -> Value {
