@@ -36,7 +36,6 @@ const NFT_LIMIT: Duration = Duration::from_secs(10);
 // Services and their endpoints, rendered the way `kubectl get -o yaml` shows them.
 
 /// How a service is exposed beyond its ClusterIP.
-#[derive(Clone)]
 enum Exposure {
     ClusterIp,
     NodePort(u16),
@@ -78,7 +77,6 @@ enum Condition {
 }
 
 /// A Service, its endpoints (pods of the topology) and its policies.
-#[derive(Clone)]
 struct Svc {
     name: &'static str,
     cluster_ip: Ipv4Addr,
@@ -276,7 +274,7 @@ fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
 }
 
 /// The `kind: List` document `kubectl get svc,endpointslices,nodes -A -o yaml` prints.
-fn manifests(topology: &Topology, services: &[Svc]) -> String {
+fn manifests(topology: &Topology, services: &[&Svc]) -> String {
     let mut items = vec![
         node_object(NODE_NAME, NODE_IP, LOCAL_POD_CIDR),
         node_object(REMOTE_NODE_NAME, REMOTE_NODE_IP, REMOTE_POD_CIDR),
@@ -325,7 +323,7 @@ impl Cluster {
     }
 
     /// Runs `kube-proxy apply` in the node namespace and requires exit 0.
-    fn apply(&mut self, services: &[Svc]) {
+    fn apply(&mut self, services: &[&Svc]) {
         self.applies += 1;
         let path = self
             .workdir
@@ -622,7 +620,7 @@ fn harness_routes_plain_traffic() {
 fn cluster_ip_spreads_over_all_endpoints() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
     let web = Svc::new("web", 10, &["a", "b", "r"]);
-    cluster.apply(&[web.clone()]);
+    cluster.apply(&[&web]);
     let endpoints = ["a", "b", "r"];
     cluster.check(&[
         (
@@ -645,7 +643,7 @@ fn random_endpoint_selection_spreads_fairly() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
     cluster.selection = Selection::Random;
     let web = Svc::new("web", 10, &["a", "b", "r"]);
-    cluster.apply(&[web.clone()]);
+    cluster.apply(&[&web]);
     let endpoints = ["a", "b", "r"];
     cluster.check(&[(
         Origin::Pod("client"),
@@ -660,7 +658,7 @@ fn random_endpoint_selection_spreads_fairly() {
 fn node_port_from_external_client_is_masqueraded() {
     let mut cluster = Cluster::new(&["a"], &["r"]);
     let web = Svc::new("web", 10, &["a", "r"]).node_port(30080);
-    cluster.apply(&[web.clone()]);
+    cluster.apply(&[&web]);
     // In nftables mode --nodeport-addresses defaults to the primary node IP:
     // the node's other address is not a NodePort address, nothing listens.
     let other_address = SocketAddr::from((NODE_UPLINK_IP, web.node_port_addr().port()));
@@ -683,7 +681,7 @@ fn load_balancer_source_ranges_guard_only_the_load_balancer_ip() {
     let web = Svc::new("web", 10, &["a", "r"])
         .load_balancer(30081, Ipv4Addr::new(198, 18, 0, 20), &["203.0.113.2/32"])
         .external_ip(external_ip);
-    cluster.apply(&[web.clone()]);
+    cluster.apply(&[&web]);
     let (allowed, denied) = (Origin::Client(CLIENT_IP), Origin::Client(OTHER_CLIENT_IP));
     let external = SocketAddr::from((external_ip, SERVICE_PORT));
     let everywhere = || cluster.reaches_masqueraded(&["a", "r"]);
@@ -708,7 +706,7 @@ fn external_traffic_policy_local() {
     let remote_only = Svc::new("remote-only", 11, &["r"])
         .node_port(30083)
         .external_traffic_local();
-    cluster.apply(&[local.clone(), remote_only.clone()]);
+    cluster.apply(&[&local, &remote_only]);
     let (client, pod) = (Origin::Client(CLIENT_IP), Origin::Pod("client"));
     let pod_ip = cluster.pod_ip("client");
     cluster.check(&[
@@ -738,7 +736,7 @@ fn internal_traffic_policy_local() {
     let mut cluster = Cluster::new(&["a", "client"], &["r"]);
     let local = Svc::new("local", 10, &["a", "r"]).internal_traffic_local();
     let remote_only = Svc::new("remote-only", 11, &["r"]).internal_traffic_local();
-    cluster.apply(&[local.clone(), remote_only.clone()]);
+    cluster.apply(&[&local, &remote_only]);
     let pod = Origin::Pod("client");
     cluster.check(&[
         (
@@ -774,9 +772,7 @@ fn terminating_endpoints_only_without_ready_ones() {
     let local_draining = with_terminating("local-draining", 13, &["r"])
         .node_port(30087)
         .external_traffic_local();
-    let services = [mixed, draining, gone, local_draining];
-    cluster.apply(&services);
-    let [mixed, draining, gone, local_draining] = &services;
+    cluster.apply(&[&mixed, &draining, &gone, &local_draining]);
     let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip("client"));
     cluster.check(&[
         (pod, mixed.cluster_addr(), reaches(&["a"], pod_ip)),
@@ -798,7 +794,7 @@ fn no_endpoints_and_unserved_ports_reject() {
     let mut cluster = Cluster::new(&["a", "client"], &[]);
     let empty = Svc::new("empty", 10, &[]).node_port(30084);
     let web = Svc::new("web", 11, &["a"]);
-    cluster.apply(&[empty.clone(), web.clone()]);
+    cluster.apply(&[&empty, &web]);
     let unserved = SocketAddr::from((web.cluster_ip, SERVICE_PORT + 1));
     cluster.check(&[
         (Origin::Pod("client"), empty.cluster_addr(), Expect::Refused),
@@ -818,7 +814,7 @@ fn masquerade_matrix() {
     let mut cluster = Cluster::new(&["a", "b"], &["r"]);
     let to_remote = Svc::new("to-remote", 10, &["r"]).node_port(30085);
     let to_a = Svc::new("to-a", 11, &["a"]).node_port(30086);
-    cluster.apply(&[to_remote.clone(), to_a.clone()]);
+    cluster.apply(&[&to_remote, &to_a]);
     let (a, b) = (cluster.pod_ip("a"), cluster.pod_ip("b"));
     cluster.check(&[
         // Pod to a remote pod: no NAT of the source.
@@ -869,7 +865,7 @@ fn client_ip_affinity_sticks_to_one_endpoint() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
     let endpoints = ["a", "b", "r"];
     let sticky = Svc::new("sticky", 10, &endpoints).client_ip_affinity();
-    cluster.apply(&[sticky.clone()]);
+    cluster.apply(&[&sticky]);
     let pod_ip = cluster.pod_ip("client");
     let origins = [
         (
@@ -908,7 +904,7 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
     let web = Svc::new("web", 10, &["a", "b"]);
     let late = Svc::new("late", 11, &[]);
     let deleted = Svc::new("deleted", 12, &["b"]);
-    cluster.apply(&[web.clone(), late.clone(), deleted.clone()]);
+    cluster.apply(&[&web, &late, &deleted]);
     let pod = Origin::Pod("client");
     let pod_ip = cluster.pod_ip("client");
     cluster.check(&[
@@ -921,8 +917,8 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
         .expect("connect before the update");
     let first = open.exchange().answer("before the update").clone();
     cluster.apply(&[
-        Svc::new("web", 10, &["c", "r"]),
-        Svc::new("late", 11, &["a"]),
+        &Svc::new("web", 10, &["c", "r"]),
+        &Svc::new("late", 11, &["a"]),
     ]);
     assert_eq!(
         open.exchange(),
@@ -945,7 +941,7 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
 fn udp_flows_follow_endpoint_changes() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &[]);
     let (dns, late) = (Svc::new("dns", 10, &["a"]), Svc::new("late", 11, &[]));
-    cluster.apply(&[dns.clone(), late.clone()]);
+    cluster.apply(&[&dns, &late]);
     let (ns, _) = cluster.origin(Origin::Pod("client"));
     let flows = ns
         .enter(|| [dns.cluster_addr(), late.cluster_addr()].map(|addr| UdpFlow::open(None, addr)));
@@ -958,7 +954,7 @@ fn udp_flows_follow_endpoint_changes() {
         [answered("a"), Outcome::Refused],
         "[dns, late] before the update"
     );
-    cluster.apply(&[Svc::new("dns", 10, &["b"]), Svc::new("late", 11, &["b"])]);
+    cluster.apply(&[&Svc::new("dns", 10, &["b"]), &Svc::new("late", 11, &["b"])]);
     assert_eq!(
         exchange(),
         [answered("b"), answered("b")],
