@@ -37,6 +37,9 @@ pub struct ModelBuilder {
     /// The Service each held slice belongs to, by slice key: a slice may be relabelled.
     slice_owner: HashMap<ObjectKey, ObjectKey>,
     tracker: ChangeTracker,
+    /// Services whose entries must be rebuilt before the current event is done. Deferring
+    /// the rebuild makes a list of a Service's many slices cost one rebuild, not one each.
+    dirty: HashSet<ObjectKey>,
     listed: HashSet<Kind>,
     /// Trigger times older than the builder are from before this proxy ran: counting them
     /// would report the cluster's age as programming latency.
@@ -58,6 +61,7 @@ impl ModelBuilder {
             slices: HashMap::new(),
             slice_owner: HashMap::new(),
             tracker: ChangeTracker::default(),
+            dirty: HashSet::new(),
             listed: HashSet::new(),
             started: SystemTime::now(),
             taken_once: false,
@@ -72,6 +76,7 @@ impl ModelBuilder {
     pub fn override_node_ips(&mut self, ips: Vec<IpAddr>) {
         self.override_node_ips = ips;
         self.update_node();
+        self.rebuild_dirty();
     }
 
     /// Folds one event into the model.
@@ -84,6 +89,7 @@ impl ModelBuilder {
                 self.listed.insert(kind);
             }
         }
+        self.rebuild_dirty();
     }
 
     /// True once Services and EndpointSlices have each been listed completely: syncing
@@ -241,7 +247,7 @@ impl ModelBuilder {
             true
         };
         if changed {
-            self.rebuild_service(&key);
+            self.dirty.insert(key);
         }
     }
 
@@ -271,9 +277,7 @@ impl ModelBuilder {
                     self.slices.remove(&owner);
                 }
             }
-            if slice.as_ref().is_none_or(|s| s.service != owner) {
-                self.rebuild_service(&owner);
-            }
+            self.dirty.insert(owner);
         }
         if let Some(slice) = slice {
             let owner = slice.service.clone();
@@ -282,7 +286,7 @@ impl ModelBuilder {
                 .entry(owner.clone())
                 .or_default()
                 .insert(key.name, slice);
-            self.rebuild_service(&owner);
+            self.dirty.insert(owner);
         }
         if let Some(t) = trigger.filter(|t| *t > self.started) {
             self.tracker.add_trigger_time(t);
@@ -296,10 +300,7 @@ impl ModelBuilder {
         let info = self.node_info();
         let zone_changed = info.zone != self.tracker.state().node.zone;
         if self.tracker.set_node(info) && zone_changed {
-            let keys: Vec<ObjectKey> = self.services.keys().cloned().collect();
-            for key in keys {
-                self.rebuild_service(&key);
-            }
+            self.dirty.extend(self.services.keys().cloned());
         }
     }
 
@@ -322,6 +323,12 @@ impl ModelBuilder {
             ips,
             pod_cidrs: facts.pod_cidrs,
             service_cidrs,
+        }
+    }
+
+    fn rebuild_dirty(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            self.rebuild_service(&key);
         }
     }
 
