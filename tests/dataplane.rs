@@ -393,6 +393,13 @@ impl Cluster {
         }
     }
 
+    /// A UDP socket in `origin`'s namespace, connected to `target`.
+    fn udp_flow(&self, origin: Origin, target: SocketAddr) -> UdpFlow {
+        let (ns, source) = self.origin(origin);
+        let flow = ns.enter(|| UdpFlow::open(source, target));
+        flow.unwrap_or_else(|e| panic!("UDP socket {origin:?} -> {target}: {e}"))
+    }
+
     fn pod_addr(&self, pod: &str) -> SocketAddr {
         self.topology.pod(pod).addr()
     }
@@ -816,45 +823,28 @@ fn masquerade_matrix() {
     let to_a = Svc::new("to-a", 11, &["a"]).node_port(30086);
     cluster.apply(&[&to_remote, &to_a]);
     let (a, b) = (cluster.pod_ip("a"), cluster.pod_ip("b"));
+    let (remote_ip, remote_np) = (to_remote.cluster_addr(), to_remote.node_port_addr());
+    let (a_ip, a_np) = (to_a.cluster_addr(), to_a.node_port_addr());
+    let masqueraded = |pod| cluster.reaches_masqueraded(&[pod]);
+    let client = Origin::Client(CLIENT_IP);
     cluster.check(&[
-        // Pod to a remote pod: no NAT of the source.
-        (
-            Origin::Pod("a"),
-            to_remote.cluster_addr(),
-            reaches(&["r"], a),
-        ),
-        // Pod to another pod on the same bridge: no NAT either.
-        (Origin::Pod("b"), to_a.cluster_addr(), reaches(&["a"], b)),
+        // Pod to a remote pod, or to another pod on the same bridge: the
+        // source is kept.
+        (Origin::Pod("a"), remote_ip, reaches(&["r"], a)),
+        (Origin::Pod("b"), a_ip, reaches(&["a"], b)),
         // Hairpin: a pod reaching itself must be masqueraded, or it would
         // answer itself directly and drop the reply.
-        (
-            Origin::Pod("a"),
-            to_a.cluster_addr(),
-            cluster.reaches_masqueraded(&["a"]),
-        ),
+        (Origin::Pod("a"), a_ip, masqueraded("a")),
         // The node is outside the cluster CIDR.
-        (
-            Origin::Node,
-            to_remote.cluster_addr(),
-            cluster.reaches_masqueraded(&["r"]),
-        ),
-        // NodePort traffic with externalTrafficPolicy: Cluster, from outside
-        // and from a pod.
-        (
-            Origin::Client(CLIENT_IP),
-            to_remote.node_port_addr(),
-            cluster.reaches_masqueraded(&["r"]),
-        ),
-        (
-            Origin::Client(CLIENT_IP),
-            to_a.node_port_addr(),
-            cluster.reaches_masqueraded(&["a"]),
-        ),
-        (
-            Origin::Pod("b"),
-            to_a.node_port_addr(),
-            cluster.reaches_masqueraded(&["a"]),
-        ),
+        (Origin::Node, remote_ip, masqueraded("r")),
+        // NodePort traffic with externalTrafficPolicy: Cluster is always
+        // masqueraded: from outside, from pods (including hairpin), from the
+        // node.
+        (client, remote_np, masqueraded("r")),
+        (client, a_np, masqueraded("a")),
+        (Origin::Pod("b"), a_np, masqueraded("a")),
+        (Origin::Pod("a"), a_np, masqueraded("a")),
+        (Origin::Node, remote_np, masqueraded("r")),
     ]);
 }
 
@@ -933,31 +923,31 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
 }
 
 /// UDP flows (same socket, same 5-tuple) follow endpoint changes: a flow
-/// whose endpoint was removed moves to the new one, so kube-proxy must clear
-/// the stale conntrack entry (upstream e2e: "preserve UDP traffic when server
-/// pod cycles"); a flow rejected for lack of endpoints is answered once the
-/// service has some.
+/// whose endpoint was removed moves to the new one, through the ClusterIP and
+/// the NodePort, so kube-proxy must clear the stale conntrack entries
+/// (upstream e2e: "preserve UDP traffic when server pod cycles for a
+/// ClusterIP/NodePort service"); a flow rejected for lack of endpoints is
+/// answered once the service has some.
 #[test]
 fn udp_flows_follow_endpoint_changes() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &[]);
-    let (dns, late) = (Svc::new("dns", 10, &["a"]), Svc::new("late", 11, &[]));
+    let dns = Svc::new("dns", 10, &["a"]).node_port(30088);
+    let late = Svc::new("late", 11, &[]);
     cluster.apply(&[&dns, &late]);
-    let (ns, _) = cluster.origin(Origin::Pod("client"));
-    let flows = ns
-        .enter(|| [dns.cluster_addr(), late.cluster_addr()].map(|addr| UdpFlow::open(None, addr)));
-    let flows = flows.map(|flow| flow.expect("udp socket"));
+    let (pod, client) = (Origin::Pod("client"), Origin::Client(CLIENT_IP));
+    let flows = [
+        cluster.udp_flow(pod, dns.cluster_addr()),
+        cluster.udp_flow(client, dns.node_port_addr()),
+        cluster.udp_flow(pod, late.cluster_addr()),
+    ];
+    let from_pod = |pod| Outcome::Answered(answer(pod, cluster.pod_ip("client")));
+    let from_client = |pod| Outcome::Answered(cluster.masqueraded(pod));
+    let before = [from_pod("a"), from_client("a"), Outcome::Refused];
+    let after = [from_pod("b"), from_client("b"), from_pod("b")];
     let exchange = || flows.each_ref().map(UdpFlow::exchange);
-    let source = cluster.pod_ip("client");
-    let answered = |pod| Outcome::Answered(answer(pod, source));
-    assert_eq!(
-        exchange(),
-        [answered("a"), Outcome::Refused],
-        "[dns, late] before the update"
-    );
-    cluster.apply(&[&Svc::new("dns", 10, &["b"]), &Svc::new("late", 11, &["b"])]);
-    assert_eq!(
-        exchange(),
-        [answered("b"), answered("b")],
-        "[dns, late] after the update"
-    );
+    let what = "[dns cluster IP, dns node port, late]";
+    assert_eq!(exchange(), before, "{what} before the update");
+    let dns = Svc::new("dns", 10, &["b"]).node_port(30088);
+    cluster.apply(&[&dns, &Svc::new("late", 11, &["b"])]);
+    assert_eq!(exchange(), after, "{what} after the update");
 }
