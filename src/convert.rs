@@ -1448,4 +1448,93 @@ mod tests {
             assert_eq!(parse_cidr_sloppy(input), want.map(net), "{input:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ip_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+                any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+                "[0-9a-f:./ ]{0,20}",
+            ]
+        }
+
+        fn word(options: &'static [&'static str]) -> impl Strategy<Value = Option<String>> {
+            proptest::option::of(proptest::sample::select(options).prop_map(str::to_string))
+        }
+
+        prop_compose! {
+            fn any_service()(
+                cluster_ips in proptest::collection::vec(ip_text(), 0..3),
+                external_ips in proptest::collection::vec(ip_text(), 0..3),
+                ingress in proptest::collection::vec((ip_text(), word(&["VIP", "Proxy"])), 0..3),
+                ranges in proptest::collection::vec(
+                    prop_oneof![ip_text(), (ip_text(), 0u8..140).prop_map(|(ip, p)| format!("{ip}/{p}"))], 0..3),
+                ports in proptest::collection::vec(
+                    (word(&["a", "b", ""]), any::<i32>(), proptest::option::of(any::<i32>()),
+                     word(&["TCP", "UDP", "SCTP", "tcp", "XYZ"])), 0..4),
+                type_ in word(&["ClusterIP", "NodePort", "LoadBalancer", "ExternalName", "Bogus"]),
+                affinity in word(&["ClientIP", "None", "Sticky"]),
+                timeout in proptest::option::of(any::<i32>()),
+                etp in word(&["Local", "Cluster", "Elsewhere"]),
+                hc in proptest::option::of(any::<i32>()),
+            ) -> Service {
+                let ports: Vec<Value> = ports.into_iter().map(|(name, port, node_port, protocol)| {
+                    json!({"name": name, "port": port, "nodePort": node_port, "protocol": protocol})
+                }).collect();
+                let ingress: Vec<Value> = ingress.into_iter().map(|(ip, mode)| json!({"ip": ip, "ipMode": mode})).collect();
+                from(json!({
+                    "metadata": {"name": "svc", "namespace": "ns"},
+                    "spec": {
+                        "clusterIP": cluster_ips.first(), "clusterIPs": cluster_ips, "externalIPs": external_ips,
+                        "loadBalancerSourceRanges": ranges, "ports": ports, "type": type_,
+                        "sessionAffinity": affinity,
+                        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": timeout}},
+                        "externalTrafficPolicy": etp, "healthCheckNodePort": hc,
+                    },
+                    "status": {"loadBalancer": {"ingress": ingress}},
+                }))
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any_service_converts_without_panicking_into_consistent_ports(svc in any_service()) {
+                let c = service_ports(&svc);
+                for problem in &c.problems {
+                    prop_assert!(problem.to_string().starts_with("Service ns/svc: "), "{}", problem);
+                }
+                for p in &c.value {
+                    prop_assert_eq!(IpFamily::of(&p.cluster_ip), p.family);
+                    prop_assert!(p.port != 0);
+                    let ips = p.external_ips.iter().chain(&p.load_balancer_ips);
+                    prop_assert!(ips.into_iter().all(|ip| IpFamily::of(ip) == p.family));
+                    prop_assert!(p.load_balancer_source_ranges.iter().all(|n| IpFamily::of_net(n) == p.family));
+                }
+            }
+
+            #[test]
+            fn canonical_addresses_parse_to_themselves(ip in any::<IpAddr>()) {
+                let want = match ip {
+                    IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                    v4 => v4,
+                };
+                prop_assert_eq!(parse_ip_sloppy(&ip.to_string()), Some(want));
+            }
+
+            #[test]
+            fn leading_zeros_do_not_change_an_ipv4_address(
+                ip in any::<std::net::Ipv4Addr>(), zeros in proptest::collection::vec(0usize..4, 4), prefix in 0u8..=32,
+            ) {
+                let padded: Vec<String> =
+                    ip.octets().iter().zip(&zeros).map(|(o, z)| format!("{}{o}", "0".repeat(*z))).collect();
+                let text = padded.join(".");
+                prop_assert_eq!(parse_ip_sloppy(&text), Some(IpAddr::V4(ip)));
+                let net = IpNet::new(IpAddr::V4(ip), prefix).unwrap().trunc();
+                prop_assert_eq!(parse_cidr_sloppy(&format!("{text}/0{prefix}")), Some(net));
+            }
+        }
+    }
 }
