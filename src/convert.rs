@@ -280,11 +280,11 @@ impl ServiceShared {
             problems.push("spec.type", format!("unsupported {type_:?}"));
             return None;
         }
-        let external_ips = parse_ips(
+        let external_ips = unique(parse_ips(
             spec.external_ips.iter().flatten(),
             "spec.externalIPs",
             problems,
-        );
+        ));
         let externally_accessible = type_ != "ClusterIP" || !external_ips.is_empty();
         let external_policy_local = externally_accessible
             && read_policy(
@@ -300,11 +300,11 @@ impl ServiceShared {
         Some(ServiceShared {
             cluster_ips: read_cluster_ips(spec, problems)?,
             external_ips,
-            load_balancer_ips: read_load_balancer_ips(svc, problems),
-            source_ranges: read_source_ranges(
+            load_balancer_ips: unique(read_load_balancer_ips(svc, problems)),
+            source_ranges: unique(read_source_ranges(
                 spec.load_balancer_source_ranges.as_deref(),
                 problems,
-            )?,
+            )?),
             session_affinity: read_session_affinity(spec, problems)?,
             external_policy_local,
             internal_policy_local: read_policy(
@@ -354,6 +354,13 @@ impl ServiceShared {
             health_check_node_port: self.health_check_node_port,
         })
     }
+}
+
+/// `items` without repeats, in their first order: the API lets an address be listed twice,
+/// and a backend would then add the same set element twice.
+fn unique<T: Copy + Eq + std::hash::Hash>(items: Vec<T>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.into_iter().filter(|x| seen.insert(*x)).collect()
 }
 
 /// The ClusterIPs, at most one per family: `spec.clusterIPs`, else `spec.clusterIP`.
@@ -991,7 +998,7 @@ mod tests {
             "spec": {
                 "type": "LoadBalancer",
                 "clusterIPs": ["10.96.0.9", "fd00::9"],
-                "externalIPs": ["198.51.100.1", "2001:db8::1", "198.51.100.2"],
+                "externalIPs": ["198.51.100.1", "2001:db8::1", "198.51.100.2", "198.51.100.1"],
                 "ports": [{"port": 443, "nodePort": 30443}],
             },
             "status": {"loadBalancer": {"ingress": [
@@ -1000,6 +1007,7 @@ mod tests {
                 {"ip": "203.0.113.3", "ipMode": "Proxy"},
                 {"hostname": "lb.example.com"},
                 {"ip": "2001:db8::10"},
+                {"ip": "203.0.113.1"},
             ]}},
         }));
         let ports = clean_ports(&svc);
@@ -1035,7 +1043,7 @@ mod tests {
         let svc = service(json!({
             "type": "LoadBalancer",
             "clusterIPs": ["10.96.0.9", "fd00::9"],
-            "loadBalancerSourceRanges": [" 203.0.113.000/025 ", "2001:db8::/32\t", "10.1.2.3/8"],
+            "loadBalancerSourceRanges": [" 203.0.113.000/025 ", "2001:db8::/32\t", "10.1.2.3/8", "203.0.113.0/25"],
             "ports": [{"port": 80, "nodePort": 30080}],
         }));
         let ports = clean_ports(&svc);
