@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::netns::{
-    self, probe, Answer, Netns, Outcome, Proto, TcpConversation, Topology, UdpFlow, CLIENT_IP,
+    self, probe, Answer, Netns, Outcome, Pod, Proto, TcpConversation, Topology, UdpFlow, CLIENT_IP,
     CLUSTER_CIDR, LOCAL_POD_CIDR, NODE_IP, NODE_NAME, NODE_UPLINK_IP, OTHER_CLIENT_IP, POD_PORT,
     REMOTE_NODE_IP, REMOTE_NODE_NAME, REMOTE_POD_CIDR,
 };
@@ -86,6 +86,10 @@ struct Svc {
     internal_local: bool,
     client_ip_affinity: bool,
     endpoints: Vec<(&'static str, Condition)>,
+    /// Pods whose endpoint carries a topology hint for the given zone.
+    zone_hints: BTreeMap<&'static str, &'static str>,
+    /// How many EndpointSlices the endpoints are spread over.
+    slices: usize,
 }
 
 impl Svc {
@@ -100,6 +104,8 @@ impl Svc {
             internal_local: false,
             client_ip_affinity: false,
             endpoints: pods.iter().map(|pod| (*pod, Condition::Ready)).collect(),
+            zone_hints: BTreeMap::new(),
+            slices: 1,
         }
     }
 
@@ -134,6 +140,16 @@ impl Svc {
 
     fn client_ip_affinity(mut self) -> Svc {
         self.client_ip_affinity = true;
+        self
+    }
+
+    fn zone_hint(mut self, pod: &'static str, zone: &'static str) -> Svc {
+        self.zone_hints.insert(pod, zone);
+        self
+    }
+
+    fn split_into_slices(mut self, slices: usize) -> Svc {
+        self.slices = slices;
         self
     }
 
@@ -187,6 +203,11 @@ impl Svc {
         if !self.external_ips.is_empty() {
             spec["externalIPs"] = json!(self.external_ips);
         }
+        let mut annotations = json!({});
+        if !self.zone_hints.is_empty() {
+            // Under which the EndpointSlice controller writes hints.
+            annotations["service.kubernetes.io/topology-mode"] = json!("Auto");
+        }
         let mut ingress = Vec::new();
         if let Exposure::LoadBalancer {
             ingress: ip,
@@ -200,7 +221,7 @@ impl Svc {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": self.name, "namespace": "default"},
+            "metadata": {"name": self.name, "namespace": "default", "annotations": annotations},
             "spec": spec,
             "status": {"loadBalancer": {"ingress": ingress}},
         })
@@ -220,30 +241,49 @@ impl Svc {
         ports.into()
     }
 
-    fn endpoint_slice_object(&self, topology: &Topology) -> Value {
+    /// The endpoints, split over [`Svc::slices`] EndpointSlices.
+    fn endpoint_slice_objects(&self, topology: &Topology) -> Vec<Value> {
         let endpoints: Vec<Value> = self
             .endpoints
             .iter()
-            .map(|(pod, condition)| {
-                let (ready, serving, terminating) = match condition {
-                    Condition::Ready => (true, true, false),
-                    Condition::ServingTerminating => (false, true, true),
-                    Condition::Terminating => (false, false, true),
-                };
-                let pod = topology.pod(pod);
-                json!({
-                    "addresses": [pod.ip.to_string()],
-                    "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
-                    "nodeName": pod.node,
-                    "targetRef": {"kind": "Pod", "name": pod.name, "namespace": "default"},
-                })
-            })
+            .map(|(pod, condition)| self.endpoint_object(topology.pod(pod), *condition))
             .collect();
+        let per_slice = endpoints.len().div_ceil(self.slices).max(1);
+        let mut chunks: Vec<&[Value]> = endpoints.chunks(per_slice).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let slices = chunks.iter().enumerate();
+        slices
+            .map(|(i, chunk)| self.endpoint_slice_object(i, chunk))
+            .collect()
+    }
+
+    fn endpoint_object(&self, pod: &Pod, condition: Condition) -> Value {
+        let (ready, serving, terminating) = match condition {
+            Condition::Ready => (true, true, false),
+            Condition::ServingTerminating => (false, true, true),
+            Condition::Terminating => (false, false, true),
+        };
+        let mut endpoint = json!({
+            "addresses": [pod.ip.to_string()],
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+            "nodeName": pod.node,
+            "zone": zone_of(pod.node),
+            "targetRef": {"kind": "Pod", "name": pod.name, "namespace": "default"},
+        });
+        if let Some(zone) = self.zone_hints.get(pod.name.as_str()) {
+            endpoint["hints"] = json!({"forZones": [{"name": zone}]});
+        }
+        endpoint
+    }
+
+    fn endpoint_slice_object(&self, index: usize, endpoints: &[Value]) -> Value {
         json!({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": format!("{}-x7k2p", self.name),
+                "name": format!("{}-x7k2{index}", self.name),
                 "namespace": "default",
                 "labels": {
                     "kubernetes.io/service-name": self.name,
@@ -260,11 +300,22 @@ impl Svc {
     }
 }
 
+/// Each node is in its own zone.
+fn zone_of(node: &str) -> &'static str {
+    match node {
+        NODE_NAME => "zone-a",
+        _ => "zone-b",
+    }
+}
+
 fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "topology.kubernetes.io/zone": zone_of(name),
+        }},
         "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
         "status": {"addresses": [
             {"type": "InternalIP", "address": ip.to_string()},
@@ -281,7 +332,7 @@ fn manifests(topology: &Topology, services: &[&Svc]) -> String {
     ];
     for svc in services {
         items.push(svc.service_object());
-        items.push(svc.endpoint_slice_object(topology));
+        items.extend(svc.endpoint_slice_objects(topology));
     }
     let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items});
     serde_norway::to_string(&list).expect("manifests serialise")
@@ -626,7 +677,8 @@ fn harness_routes_plain_traffic() {
 #[test]
 fn cluster_ip_spreads_over_all_endpoints() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
-    let web = Svc::new("web", 10, &["a", "b", "r"]);
+    // Over two slices, which kube-proxy must merge.
+    let web = Svc::new("web", 10, &["a", "b", "r"]).split_into_slices(2);
     cluster.apply(&[&web]);
     let endpoints = ["a", "b", "r"];
     cluster.check(&[
@@ -845,6 +897,34 @@ fn masquerade_matrix() {
         (Origin::Pod("b"), a_np, masqueraded("a")),
         (Origin::Pod("a"), a_np, masqueraded("a")),
         (Origin::Node, remote_np, masqueraded("r")),
+    ]);
+}
+
+/// Topology-aware routing: when every ready endpoint has a zone hint and
+/// some are hinted for this node's zone, only those serve; otherwise the
+/// hints are ignored.
+#[test]
+fn zone_hints_keep_traffic_in_zone() {
+    let mut cluster = Cluster::new(&["a", "client"], &["r"]);
+    let both = ["a", "r"];
+    let zonal = Svc::new("zonal", 10, &both)
+        .zone_hint("a", "zone-a")
+        .zone_hint("r", "zone-b");
+    let partial = Svc::new("partial", 11, &both).zone_hint("a", "zone-a");
+    let elsewhere = Svc::new("elsewhere", 12, &both)
+        .zone_hint("a", "zone-b")
+        .zone_hint("r", "zone-b");
+    cluster.apply(&[&zonal, &partial, &elsewhere]);
+    let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip("client"));
+    cluster.check(&[
+        (pod, zonal.cluster_addr(), reaches(&["a"], pod_ip)),
+        (
+            Origin::Node,
+            zonal.cluster_addr(),
+            cluster.reaches_masqueraded(&["a"]),
+        ),
+        (pod, partial.cluster_addr(), reaches(&both, pod_ip)),
+        (pod, elsewhere.cluster_addr(), reaches(&both, pod_ip)),
     ]);
 }
 
