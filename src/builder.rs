@@ -335,25 +335,21 @@ impl ModelBuilder {
     /// Recomputes the entries of one Service in both families and hands them to the
     /// tracker. Costs O(ports × endpoints of this Service) plus a log-time lookup.
     fn rebuild_service(&mut self, key: &ObjectKey) {
-        let node = self.tracker.state().node.clone();
-        let ports = self
-            .services
-            .get(key)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let slices = self.slices.get(key);
-        let mut fresh: [Vec<ServiceEntry>; 2] = Default::default();
-        for port in ports {
-            let endpoints = slices.map(|s| merge_endpoints(s, port)).unwrap_or_default();
-            fresh[family_index(port.family)].push(ServiceEntry::new(
-                port.clone(),
-                endpoints,
-                &node,
-            ));
-        }
-        for (family, entries) in IpFamily::ALL.into_iter().zip(fresh) {
+        for (family, entries) in IpFamily::ALL.into_iter().zip(self.entries(key)) {
             self.replace_entries(family, key, entries);
         }
+    }
+
+    /// The entries of Service `key` from the objects held, IPv4 first.
+    fn entries(&self, key: &ObjectKey) -> [Vec<ServiceEntry>; 2] {
+        let node = &self.tracker.state().node;
+        let slices = self.slices.get(key);
+        let mut out: [Vec<ServiceEntry>; 2] = Default::default();
+        for port in self.services.get(key).into_iter().flatten() {
+            let endpoints = slices.map(|s| merge_endpoints(s, port)).unwrap_or_default();
+            out[family_index(port.family)].push(ServiceEntry::new(port.clone(), endpoints, node));
+        }
+        out
     }
 
     /// Replaces the entries of Service `key` in `family`, looking the old ones up by range
