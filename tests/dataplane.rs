@@ -90,6 +90,8 @@ struct Svc {
     zone_hints: BTreeMap<&'static str, &'static str>,
     /// How many EndpointSlices the endpoints are spread over.
     slices: usize,
+    /// `service.kubernetes.io/service-proxy-name`: another proxy's service.
+    proxy_name: Option<&'static str>,
 }
 
 impl Svc {
@@ -106,6 +108,7 @@ impl Svc {
             endpoints: pods.iter().map(|pod| (*pod, Condition::Ready)).collect(),
             zone_hints: BTreeMap::new(),
             slices: 1,
+            proxy_name: None,
         }
     }
 
@@ -145,6 +148,11 @@ impl Svc {
 
     fn zone_hint(mut self, pod: &'static str, zone: &'static str) -> Svc {
         self.zone_hints.insert(pod, zone);
+        self
+    }
+
+    fn proxied_by(mut self, proxy: &'static str) -> Svc {
+        self.proxy_name = Some(proxy);
         self
     }
 
@@ -203,6 +211,10 @@ impl Svc {
         if !self.external_ips.is_empty() {
             spec["externalIPs"] = json!(self.external_ips);
         }
+        let mut labels = json!({"app": self.name});
+        if let Some(proxy) = self.proxy_name {
+            labels["service.kubernetes.io/service-proxy-name"] = json!(proxy);
+        }
         let mut annotations = json!({});
         if !self.zone_hints.is_empty() {
             // Under which the EndpointSlice controller writes hints.
@@ -221,7 +233,12 @@ impl Svc {
         json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": self.name, "namespace": "default", "annotations": annotations},
+            "metadata": {
+                "name": self.name,
+                "namespace": "default",
+                "labels": labels,
+                "annotations": annotations,
+            },
             "spec": spec,
             "status": {"loadBalancer": {"ingress": ingress}},
         })
@@ -865,6 +882,21 @@ fn no_endpoints_and_unserved_ports_reject() {
         ),
         (Origin::Pod("client"), unserved, Expect::Refused),
     ]);
+}
+
+/// A service labelled for another proxy (`service-proxy-name`) is left
+/// alone, and handled once the label is gone (upstream e2e: "should implement
+/// service.kubernetes.io/service-proxy-name").
+#[test]
+fn services_of_other_proxies_are_ignored() {
+    let mut cluster = Cluster::new(&["a", "client"], &[]);
+    let other = Svc::new("other", 10, &["a"]).proxied_by("other-proxy");
+    cluster.apply(&[&other]);
+    let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip("client"));
+    cluster.check(&[(pod, other.cluster_addr(), Expect::Dropped)]);
+    let ours = Svc::new("other", 10, &["a"]);
+    cluster.apply(&[&ours]);
+    cluster.check(&[(pod, ours.cluster_addr(), reaches(&["a"], pod_ip))]);
 }
 
 /// Which source each kind of service traffic arrives with.
