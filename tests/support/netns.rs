@@ -393,6 +393,19 @@ pub fn probe(proto: Proto, source: Option<IpAddr>, target: SocketAddr) -> Outcom
     opened.unwrap_or_else(|e| Outcome::from_error(&e))
 }
 
+/// Source ports for UDP clients, below the kernel's ephemeral range so they
+/// never clash with its own choices.
+static NEXT_UDP_PORT: AtomicUsize = AtomicUsize::new(0);
+
+/// A UDP source port not handed out before (until 20 000 have been). The
+/// kernel picks ephemeral UDP ports at random, so two probes in one batch
+/// could share a 5-tuple, and the second would follow the first's conntrack
+/// entry instead of making a new load-balancing decision.
+fn fresh_udp_port() -> u16 {
+    let n = NEXT_UDP_PORT.fetch_add(1, Ordering::Relaxed) % 20_000;
+    10_000 + u16::try_from(n).expect("below 20 000")
+}
+
 /// A connected UDP socket: every exchange uses the same 5-tuple, i.e. the
 /// same conntrack entry.
 pub struct UdpFlow {
@@ -400,10 +413,11 @@ pub struct UdpFlow {
 }
 
 impl UdpFlow {
-    /// Binds an ephemeral port (on `source`, if given) and connects it.
+    /// Binds a port never used before by this process (on `source`, if
+    /// given) and connects it.
     pub fn open(source: Option<IpAddr>, target: SocketAddr) -> io::Result<UdpFlow> {
         let local = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let socket = UdpSocket::bind((local, 0))?;
+        let socket = UdpSocket::bind((local, fresh_udp_port()))?;
         // A connected socket reports ICMP port unreachable as ECONNREFUSED.
         socket.connect(target)?;
         socket.set_read_timeout(Some(PROBE_TIMEOUT))?;
