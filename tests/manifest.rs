@@ -352,7 +352,9 @@ fn malformed_object_names_file_document_item_and_object() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("bad.yaml: document 2, item 2: Service ns/broken:"),
+        msg.contains(
+            "bad.yaml: document 2, item 2: Service ns/broken: spec.ports[0].port: invalid type"
+        ),
         "{msg}"
     );
 }

@@ -254,10 +254,17 @@ fn push_object(
     Ok(())
 }
 
+/// Deserializes an object; errors name the offending field (`spec.ports[0].port: ...`).
 fn parse<T: DeserializeOwned>(value: Value) -> Result<Box<T>, String> {
-    serde_json::from_value(value)
+    serde_path_to_error::deserialize(value)
         .map(Box::new)
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            let path = e.path().to_string();
+            match path.as_str() {
+                "." => e.into_inner().to_string(),
+                _ => format!("{path}: {}", e.into_inner()),
+            }
+        })
 }
 
 /// `namespace/name` as far as the document says.
