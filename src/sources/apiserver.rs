@@ -240,6 +240,11 @@ async fn forward<K: Watched>(
             }
             Ok(Event::Apply(obj)) => Some(SourceEvent::Applied(obj.into_object())),
             Ok(Event::Delete(obj)) => Some(SourceEvent::Deleted(obj.into_object())),
+            // Compaction outran us: routine, and the watcher relists on its own.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                info!(kind = ?K::KIND, message = %status.message, "watch history expired; relisting");
+                None
+            }
             Err(err) => {
                 warn!(kind = ?K::KIND, error = %err, "watch failed; retrying with backoff");
                 None
