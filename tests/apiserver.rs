@@ -670,10 +670,16 @@ async fn model_from_events_matches_a_fresh_list_after_drops_and_410() {
 // ---------------------------------------------------------------------------------------
 // client()
 
+/// Writes a kubeconfig for `server` (none if empty) and an anonymous user.
 fn write_kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
+    let server = if server.is_empty() {
+        "{}".to_owned()
+    } else {
+        format!("\n    server: {server}")
+    };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {server}\n\
          users:\n- name: me\n  user: {{}}\ncontexts:\n- name: ctx\n  context:\n    cluster: fake\n    user: me\n\
          current-context: ctx\n"
     );
@@ -705,6 +711,13 @@ async fn client_uses_kubeconfig_and_master_like_upstream() {
 
     // --master overrides the kubeconfig's server.
     let path = write_kubeconfig(dir.path(), "http://127.0.0.1:9");
+    let client = apiserver::client(Some(&path), Some(&server.url()))
+        .await
+        .unwrap();
+    assert_eq!(service_names(client).await, want);
+
+    // With --master the kubeconfig need not name a server at all.
+    let path = write_kubeconfig(dir.path(), "");
     let client = apiserver::client(Some(&path), Some(&server.url()))
         .await
         .unwrap();

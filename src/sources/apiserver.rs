@@ -36,17 +36,11 @@ const SERVICE_CIDR_GROUP_VERSION: &str = "networking.k8s.io/v1";
 /// Why no API client could be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The `--kubeconfig` file could not be read or parsed.
-    #[error("reading kubeconfig {path}: {source}")]
-    KubeconfigFile {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    /// The kubeconfig was read but does not describe a usable cluster/user.
-    #[error("loading kubeconfig {what}: {source}")]
+    /// The `--kubeconfig` file could not be read, parsed, or does not describe a usable
+    /// cluster and user.
+    #[error("kubeconfig {}: {source}", path.display())]
     Kubeconfig {
-        what: String,
+        path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
@@ -84,7 +78,7 @@ pub async fn client(
     let master = master.filter(|m| !m.is_empty());
     let kubeconfig = kubeconfig.filter(|p| !p.as_os_str().is_empty());
     let mut config = match (kubeconfig, master) {
-        (Some(path), _) => from_kubeconfig_file(path).await?,
+        (Some(path), master) => from_kubeconfig_file(path, master).await?,
         (None, Some(master)) => Config::incluster().or_else(|err| {
             debug!(error = %err, "no in-cluster credentials; talking to --master without any");
             Ok::<_, ClientError>(Config::new(master_url(master, false)?))
@@ -97,21 +91,26 @@ pub async fn client(
     Ok(Client::try_from(config)?)
 }
 
-async fn from_kubeconfig_file(path: &Path) -> Result<Config, ClientError> {
-    let file = Kubeconfig::read_from(path).map_err(|source| ClientError::KubeconfigFile {
+/// Loads `path`; `master` replaces its servers before validation, so that (as with
+/// client-go's overrides) a kubeconfig that names no server at all is fine with `--master`.
+async fn from_kubeconfig_file(path: &Path, master: Option<&str>) -> Result<Config, ClientError> {
+    let error = |source| ClientError::Kubeconfig {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut file = Kubeconfig::read_from(path).map_err(error)?;
+    if let Some(master) = master {
+        for cluster in file.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+            cluster.server = Some(master.to_owned());
+        }
+    }
     Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
-        .map_err(|source| ClientError::Kubeconfig {
-            what: path.display().to_string(),
-            source,
-        })
+        .map_err(error)
 }
 
 async fn in_cluster_or_default() -> Result<Config, ClientError> {
-    warn!("neither --kubeconfig nor --master was specified; using the in-cluster config");
+    info!("neither --kubeconfig nor --master was specified; using the in-cluster config");
     let in_cluster = match Config::incluster() {
         Ok(config) => return Ok(config),
         Err(err) => err,
