@@ -90,23 +90,24 @@ fn state_from_manifests(config: &KubeProxyConfiguration, files: &[PathBuf]) -> R
     Ok(builder.take_changes().0)
 }
 
+/// A builder for this node. As upstream's `detectNodeIPs`: the Node's addresses when it
+/// has them, else loopback (with a warning from upstream, a debug line here); a specific
+/// `bindAddress` overrides the primary IP of its family either way.
 fn new_builder(config: &KubeProxyConfiguration) -> Result<ModelBuilder> {
-    Ok(ModelBuilder::new(
-        config.node_name()?,
-        fallback_node_ips(config),
-    ))
-}
-
-/// Node IPs to use until (or unless) the Node object names them: `bindAddress`, when it is
-/// a specific address, as upstream.
-fn fallback_node_ips(config: &KubeProxyConfiguration) -> Vec<IpAddr> {
-    config
+    let loopback = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    let mut builder = ModelBuilder::new(config.node_name()?, loopback);
+    let bind_ip = config
         .bind_address
         .parse::<IpAddr>()
         .ok()
-        .filter(|ip| !ip.is_unspecified())
-        .into_iter()
-        .collect()
+        .filter(|ip| !ip.is_unspecified());
+    if let Some(ip) = bind_ip {
+        builder.override_node_ips(vec![ip]);
+    }
+    Ok(builder)
 }
 
 /// Runs the proxy until SIGTERM or SIGINT: watch the API server, keep the model, sync the
