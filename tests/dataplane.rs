@@ -461,6 +461,13 @@ impl Cluster {
         }
     }
 
+    /// A TCP connection from `origin`'s namespace to `target`.
+    fn tcp_conversation(&self, origin: Origin, target: SocketAddr) -> TcpConversation {
+        let (ns, source) = self.origin(origin);
+        let conversation = ns.enter(|| TcpConversation::open(source, target));
+        conversation.unwrap_or_else(|e| panic!("TCP connection {origin:?} -> {target}: {e}"))
+    }
+
     /// A UDP socket in `origin`'s namespace, connected to `target`.
     fn udp_flow(&self, origin: Origin, target: SocketAddr) -> UdpFlow {
         let (ns, source) = self.origin(origin);
@@ -1013,10 +1020,7 @@ fn incremental_sync_moves_new_connections_keeps_open_ones() {
         (pod, late.cluster_addr(), Expect::Refused),
         (pod, deleted.cluster_addr(), reaches(&["b"], pod_ip)),
     ]);
-    let (ns, _) = cluster.origin(pod);
-    let mut open = ns
-        .enter(|| TcpConversation::open(None, web.cluster_addr()))
-        .expect("connect before the update");
+    let mut open = cluster.tcp_conversation(pod, web.cluster_addr());
     let first = open.exchange().answer("before the update").clone();
     cluster.apply(&[
         &Svc::new("web", 10, &["c", "r"]),
