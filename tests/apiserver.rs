@@ -838,3 +838,46 @@ async fn fake_rejects_selectors_it_cannot_evaluate() {
         );
     }
 }
+
+#[tokio::test]
+async fn waits_out_an_api_server_that_comes_up_late() {
+    // Until the server is up, its port hangs up on every connection.
+    let broken = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = broken.local_addr().expect("bound address");
+    let client = apiserver::client(None, Some(&format!("http://{addr}")))
+        .await
+        .expect("client for --master");
+    let (tx, rx) = mpsc::channel(64);
+    let source = tokio::spawn(apiserver::run(client, NODE.to_owned(), tx));
+
+    // Four watchers and the ServiceCIDR discovery try once each; more means retries.
+    let deadline = Instant::now() + WAIT;
+    for _ in 0..7 {
+        let accepted = tokio::time::timeout_at(deadline, broken.accept()).await;
+        let (connection, _) = accepted
+            .expect("the source keeps retrying")
+            .expect("accept");
+        drop(connection);
+    }
+    drop(broken);
+
+    let server = FakeApiServer::start_at(addr)
+        .await
+        .expect("bind the same port");
+    server.create(&service("web", &[])).unwrap();
+    server
+        .create(&service("skip", &[(PROXY_NAME_LABEL, "x")]))
+        .unwrap();
+    server.create(&node(NODE)).unwrap();
+    let mut h = Harness {
+        server,
+        rx,
+        source,
+        mirror: View::new(),
+        log: Vec::new(),
+        cidrs_served: true,
+    };
+    h.converge().await;
+}

@@ -254,7 +254,13 @@ impl FakeApiServer {
     /// Starts serving on `127.0.0.1` at a free port, with no objects, at resourceVersion 1
     /// and serving ServiceCIDRs (as a v1.33 server does).
     pub async fn start() -> std::io::Result<FakeApiServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at("127.0.0.1:0".parse().expect("valid socket address")).await
+    }
+
+    /// Like [`start`](FakeApiServer::start), on a given address: e.g. one a client was
+    /// already told about, to play an API server that comes up late.
+    pub async fn start_at(addr: SocketAddr) -> std::io::Result<FakeApiServer> {
+        let listener = TcpListener::bind(addr).await?;
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
                 rv: 1,
@@ -755,13 +761,11 @@ fn list_rv(store: &Store, query: &Query) -> Result<u64, ApiError> {
     let Some(rv) = query.number("resourceVersion")? else {
         return Ok(store.rv);
     };
+    if rv > store.rv {
+        return Err(ApiError::too_large(rv, store.rv));
+    }
     match query.get("resourceVersionMatch") {
         Some("Exact") => Ok(rv),
-        _ if rv > store.rv => Err(ApiError::new(
-            504,
-            "Timeout",
-            format!("Too large resource version: {rv}, current: {}", store.rv),
-        )),
         _ => Ok(store.rv),
     }
 }
@@ -799,6 +803,7 @@ fn start_watch(
     }
     let store = shared.store();
     let (cursor, mut initial) = match from {
+        Some(rv) if rv > store.rv => return Err(ApiError::too_large(rv, store.rv)),
         Some(rv) => (rv, Vec::new()),
         // "Start at most recent": the current objects as ADDED, then changes.
         None => {
@@ -972,6 +977,16 @@ impl ApiError {
 
     fn expired(message: String) -> Self {
         Self::new(410, "Expired", message)
+    }
+
+    /// What the real server answers, after waiting a few seconds, for an RV it has not
+    /// reached.
+    fn too_large(rv: u64, current: u64) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {rv}, current: {current}"),
+        )
     }
 
     fn to_status(&self) -> Value {
