@@ -181,6 +181,15 @@ impl Harness {
             .expect("client for --master");
         let (tx, rx) = mpsc::channel(64);
         let source = tokio::spawn(apiserver::run(client, NODE.to_owned(), tx));
+        Harness::attach(server, rx, source)
+    }
+
+    /// Watches a source that is already running.
+    fn attach(
+        server: FakeApiServer,
+        rx: mpsc::Receiver<SourceEvent>,
+        source: JoinHandle<()>,
+    ) -> Harness {
         Harness {
             server,
             rx,
@@ -871,13 +880,5 @@ async fn waits_out_an_api_server_that_comes_up_late() {
         .create(&service("skip", &[(PROXY_NAME_LABEL, "x")]))
         .unwrap();
     server.create(&node(NODE)).unwrap();
-    let mut h = Harness {
-        server,
-        rx,
-        source,
-        mirror: View::new(),
-        log: Vec::new(),
-        cidrs_served: true,
-    };
-    h.converge().await;
+    Harness::attach(server, rx, source).converge().await;
 }
