@@ -216,6 +216,7 @@ impl Topology {
         let remote = Netns::create("remote");
         let client = Netns::create("client");
         wire_bridge(&node, LOCAL_POD_GATEWAY);
+        enable_bridge_netfilter(&node);
         wire_remote(&node, &remote);
         wire_client(&node, &client);
         let mut topology = Topology {
@@ -288,6 +289,16 @@ fn wire_bridge(ns: &Netns, gateway: Ipv4Addr) {
     ns.ip("link add cbr0 type bridge");
     link_up(ns, "cbr0", gateway, 24);
     ns.sysctl("ipv4/ip_forward", "1");
+}
+
+/// Pod-to-pod traffic on one bridge must pass the node's netfilter hooks, or
+/// replies from a service's endpoint on the same bridge skip conntrack's
+/// un-NAT. The switch is per namespace and exists only with br_netfilter.
+fn enable_bridge_netfilter(node: &Netns) {
+    let switch = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let present = node.enter(|| std::path::Path::new(switch).exists());
+    assert!(present, "{switch} missing: modprobe br_netfilter");
+    node.sysctl("bridge/bridge-nf-call-iptables", "1");
 }
 
 /// The node-to-node link carrying `NODE_IP`, and routes to each other's pods.
