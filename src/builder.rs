@@ -92,10 +92,15 @@ impl ModelBuilder {
         self.rebuild_dirty();
     }
 
-    /// True once Services and EndpointSlices have each been listed completely: syncing
-    /// earlier would program a partial model and cut traffic to everything not yet seen.
+    /// True once our Node, Services and EndpointSlices have each been listed completely:
+    /// syncing earlier would program a partial model and cut traffic to everything not yet
+    /// seen, or accept NodePorts on addresses the Node's IPs would exclude (upstream, too,
+    /// looks the Node up before its first sync). An empty Node list counts: the fallback
+    /// node IPs apply then.
     pub fn is_synced(&self) -> bool {
-        self.listed.contains(&Kind::Service) && self.listed.contains(&Kind::EndpointSlice)
+        [Kind::Node, Kind::Service, Kind::EndpointSlice]
+            .iter()
+            .all(|kind| self.listed.contains(kind))
     }
 
     /// The current model.
@@ -559,9 +564,15 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_synced_before_services_and_slices_are_listed() {
+    fn nothing_is_synced_before_node_services_and_slices_are_listed() {
         let mut b = ModelBuilder::new("node-a".into(), Vec::new());
         assert!(!b.is_synced());
+        b.handle(SourceEvent::Listed(Kind::Service, Vec::new()));
+        b.handle(SourceEvent::Listed(Kind::EndpointSlice, Vec::new()));
+        assert!(!b.is_synced(), "Node not listed yet");
+        b.handle(SourceEvent::Listed(Kind::Node, Vec::new()));
+        assert!(b.is_synced());
+        let mut b = ModelBuilder::new("node-a".into(), Vec::new());
         b.handle(SourceEvent::Listed(Kind::Node, Vec::new()));
         b.handle(SourceEvent::Applied(service(
             "web",

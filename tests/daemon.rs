@@ -89,14 +89,8 @@ fn programs_nothing_before_the_initial_lists_complete() {
         let first = daemon.wait_until("the first sync after the lists", || {
             kernel_facts().ok_or_else(|| "no table yet".to_owned())
         });
-        // Only the Services' part: the daemon does not wait for its Node before the
-        // first sync, so the node's address may come one sync later.
-        assert_same_facts(
-            &services_only(&expected_facts(server)),
-            &services_only(&first),
-            "the first programmed table",
-        );
-        daemon.wait_for_facts(&expected_facts(server));
+        // The first sync waits for the Node too, so its NodePort address is already there.
+        assert_same_facts(&expected_facts(server), &first, "the first programmed table");
     });
 }
 
@@ -700,16 +694,6 @@ fn on_node(services: &[Facts]) -> Facts {
     let mut facts: Facts = [nodeport_fact(NODE_IP)].into();
     facts.extend(services.iter().flatten().cloned());
     facts
-}
-
-/// `facts` without the node's.
-fn services_only(facts: &Facts) -> Facts {
-    let node = nodeport_fact("");
-    facts
-        .iter()
-        .filter(|f| !f.starts_with(&node))
-        .cloned()
-        .collect()
 }
 
 /// The facts that concern Service `name` at `cluster_ip`.
