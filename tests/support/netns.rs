@@ -20,6 +20,9 @@
 //! answers each request with its own name and the peer address it saw, so a
 //! test can tell which endpoint answered and whether the source was NATed.
 
+// Shared by several test crates; only tests/dataplane.rs uses all of it.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
