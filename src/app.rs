@@ -41,12 +41,22 @@ pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let options = proxy_options(inv, &state)?;
     let mut backend = new_backend(inv.config.effective_mode(), options)?;
     let report = backend.sync(&state, &Changes::full())?;
+    clean_stale_flows(&state);
     tracing::info!(
         applied = report.applied,
         services = state.v4.len() + state.v6.len(),
         "rules programmed"
     );
     Ok(())
+}
+
+/// Deletes the UDP conntrack entries that the rules just synced would not create, as
+/// upstream does after each sync. The rules are right either way, so a failure is a warning.
+fn clean_stale_flows(state: &ProxyState) {
+    match kube_proxy_conntrack::cleanup_stale_flows(state) {
+        Ok(deleted) => tracing::debug!(deleted, "deleted stale conntrack entries"),
+        Err(e) => tracing::warn!(error = %e, "deleting stale conntrack entries failed"),
+    }
 }
 
 /// Removes everything any backend of ours programmed (`--cleanup`).
@@ -212,6 +222,7 @@ impl Proxy<'_> {
         let (_, backend) = self.backend.as_mut().expect("backend was just set");
         let started = std::time::Instant::now();
         let report = tokio::task::block_in_place(|| backend.sync(state, changes))?;
+        tokio::task::block_in_place(|| clean_stale_flows(state));
         tracing::info!(
             full = report.full,
             applied = report.applied,
