@@ -1508,6 +1508,11 @@ mod tests {
         }
 
         proptest! {
+            // Failures print their shrunk input; no regression files in the tree.
+            #![proptest_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
             #[test]
             fn any_service_converts_without_panicking_into_consistent_ports(svc in any_service()) {
                 let c = service_ports(&svc);

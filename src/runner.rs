@@ -61,8 +61,14 @@ impl SyncRunner {
         if let Some(retry) = self.retry_at {
             return retry;
         }
-        let Some(last) = self.last_run else { return now };
-        let wait = if self.requested { self.min_interval } else { self.max_interval };
+        let Some(last) = self.last_run else {
+            return now;
+        };
+        let wait = if self.requested {
+            self.min_interval
+        } else {
+            self.max_interval
+        };
         last + wait
     }
 
@@ -76,7 +82,10 @@ impl SyncRunner {
         self.last_run = Some(now);
         self.requested = false;
         self.retry_at = None;
-        self.needs_full || self.last_full.is_none_or(|t| now.duration_since(t) >= FULL_SYNC_PERIOD)
+        self.needs_full
+            || self
+                .last_full
+                .is_none_or(|t| now.duration_since(t) >= FULL_SYNC_PERIOD)
     }
 
     /// Called when the sync that began at the last [`start`](Self::start) ended.
@@ -124,10 +133,16 @@ mod tests {
         r.finish(t0, full, true);
         for ms in [10, 200, 900] {
             r.request();
-            assert!(!r.is_due(t0 + Duration::from_millis(ms)), "due {ms} ms after a sync");
+            assert!(
+                !r.is_due(t0 + Duration::from_millis(ms)),
+                "due {ms} ms after a sync"
+            );
         }
         assert_eq!(r.next_due(t0), t0 + MIN);
-        assert!(!r.start(t0 + MIN), "a change after a good full sync is partial");
+        assert!(
+            !r.start(t0 + MIN),
+            "a change after a good full sync is partial"
+        );
     }
 
     #[test]
@@ -148,7 +163,11 @@ mod tests {
         r.finish(t0, true, false);
         assert_eq!(r.next_due(t0), t0 + secs(1));
         r.request();
-        assert_eq!(r.next_due(t0), t0 + secs(1), "a change does not cut the backoff short");
+        assert_eq!(
+            r.next_due(t0),
+            t0 + secs(1),
+            "a change does not cut the backoff short"
+        );
         let t1 = t0 + secs(1);
         assert!(r.start(t1), "the sync after a failure is full");
         r.finish(t1, true, false);
