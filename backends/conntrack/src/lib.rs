@@ -12,6 +12,8 @@
 //! [`Conntrack`] dumps and deletes entries, [`stale_flows`] decides which ones are stale,
 //! and [`cleanup_stale_flows`] does both for a [`ProxyState`](kube_proxy_model::ProxyState).
 
+#[cfg(test)]
+mod captured;
 mod flow;
 mod socket;
 mod stale;

@@ -1,12 +1,10 @@
 //! The ctnetlink socket: requests out, entries, acknowledgements and errors in.
 
 use kube_proxy_model::{IpFamily, Protocol};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use crate::wire::{Entry, Request};
+use crate::wire::{self, Entry, Request};
 use crate::{Error, Flow};
 
 /// Big enough for any datagram the kernel sends: it sizes dump datagrams to at most 32 KiB.
@@ -68,13 +66,7 @@ impl Conntrack {
     /// Sends `request` with `flags` and returns its sequence number.
     fn send(&mut self, request: Request, flags: u16) -> Result<u32, Error> {
         self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-        message.finalize();
-        let mut bytes = vec![0; message.buffer_len()];
-        message.serialize(&mut bytes);
+        let bytes = wire::encode(request, flags, self.seq);
         self.socket.send(&bytes, 0).map_err(Error::Socket)?;
         Ok(self.seq)
     }
@@ -143,5 +135,83 @@ fn kernel_error(request: &'static str, code: i32) -> Error {
     Error::Kernel {
         request,
         source: std::io::Error::from_raw_os_error(code.saturating_neg()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::captured;
+
+    /// Runs [`datagram_ends`] on `datagram` for request 7, with the entries it saw.
+    fn read(datagram: &[u8]) -> (Result<bool, Error>, Vec<Option<Flow>>) {
+        let mut entries = Vec::new();
+        let result = datagram_ends(datagram, 7, "dump", &mut |Entry(flow)| entries.push(flow));
+        (result, entries)
+    }
+
+    /// An `NLMSG_ERROR` answer to request 7 with `code` (0: an acknowledgement).
+    fn nlmsg_error(code: i32) -> Vec<u8> {
+        let request = &captured::bytes(captured::DONE)[..16];
+        let header = [
+            36u32.to_le_bytes(),
+            [2, 0, 0, 1],
+            7u32.to_le_bytes(),
+            [0; 4],
+        ];
+        [
+            header.concat(),
+            code.to_le_bytes().to_vec(),
+            request.to_vec(),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_dump_ends_with_nlmsg_done() {
+        let entry = captured::bytes(captured::IPV4_ENTRY);
+        let done = captured::bytes(captured::DONE);
+        let (ends, entries) = read(&entry);
+        assert!(!ends.unwrap(), "more to come");
+        assert_eq!(entries.len(), 1);
+        assert!(read(&done).0.unwrap());
+
+        let (ends, entries) = read(&[entry, done].concat());
+        assert!(ends.unwrap(), "both in one datagram");
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn answers_to_other_requests_are_skipped() {
+        let mut entry = captured::bytes(captured::IPV4_ENTRY);
+        entry[8] = 6; // sequence number
+        let (ends, entries) = read(&entry);
+        assert!(!ends.unwrap());
+        assert_eq!(entries, []);
+    }
+
+    #[test]
+    fn acknowledgements_end_and_errors_fail_a_request() {
+        assert!(read(&nlmsg_error(0)).0.unwrap());
+        match read(&nlmsg_error(-libc::ENOENT)).0 {
+            Err(Error::Kernel { request, source }) => {
+                assert_eq!(
+                    (request, source.raw_os_error()),
+                    ("dump", Some(libc::ENOENT))
+                )
+            }
+            other => panic!("expected ENOENT, got {other:?}"),
+        }
+        let mut done = captured::bytes(captured::DONE);
+        done[16..20].copy_from_slice(&(-libc::EINTR).to_le_bytes());
+        assert!(matches!(read(&done).0, Err(Error::Kernel { .. })));
+    }
+
+    #[test]
+    fn malformed_datagrams_are_errors() {
+        assert!(matches!(read(&[1, 2, 3]).0, Err(Error::Malformed(_))));
+        let entry = captured::bytes(captured::IPV4_ENTRY);
+        let (result, _) = read(&entry[..entry.len() - 8]);
+        assert!(matches!(result, Err(Error::Malformed(_))), "{result:?}");
     }
 }

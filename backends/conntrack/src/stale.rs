@@ -109,3 +109,173 @@ fn serves(entry: &ServiceEntry, ip: IpAddr, port: u16) -> bool {
         .binary_search_by(|ep| (ep.ip, ep.port).cmp(&(ip, port)))
         .is_ok_and(|i| entry.endpoints[i].serving)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use kube_proxy_model::{Endpoint, NodeInfo, ServicePort, ServicePortName};
+
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn sock(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A service port: `name`, `proto`, ClusterIP and port `frontend`, NodePort
+    /// `node_port`, and one endpoint per item of `endpoints`.
+    fn service(
+        name: &str,
+        proto: Protocol,
+        frontend: &str,
+        node_port: u16,
+        endpoints: Vec<Endpoint>,
+    ) -> ServiceEntry {
+        let frontend = sock(frontend);
+        let port = ServicePort {
+            name: ServicePortName {
+                namespace: "ns".into(),
+                name: name.into(),
+                port: String::new(),
+                protocol: proto,
+            },
+            family: IpFamily::of(&frontend.ip()),
+            cluster_ip: frontend.ip(),
+            port: frontend.port(),
+            node_port,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            session_affinity: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: 0,
+        };
+        ServiceEntry::new(port, endpoints, &NodeInfo::default())
+    }
+
+    fn ready(addr: &str) -> Endpoint {
+        let addr = sock(addr);
+        Endpoint::ready(addr.ip(), addr.port(), false)
+    }
+
+    /// The test cluster's service ports.
+    fn state() -> ProxyState {
+        let not_serving = Endpoint {
+            ready: false,
+            serving: false,
+            terminating: true,
+            ..ready("10.244.3.4:5353")
+        };
+        let serving_terminating = Endpoint {
+            ready: false,
+            serving: true,
+            terminating: true,
+            ..ready("10.244.4.5:5353")
+        };
+        let dns_endpoints = vec![
+            ready("10.244.1.2:5353"),
+            ready("10.244.2.3:5353"),
+            not_serving,
+            serving_terminating,
+        ];
+        let mut dns = service("dns", Protocol::Udp, "10.96.0.10:53", 30053, dns_endpoints);
+        dns.port.external_ips = vec![ip("192.0.2.100")];
+        dns.port.load_balancer_ips = vec![ip("198.51.100.7")];
+        let web = service(
+            "web",
+            Protocol::Tcp,
+            "10.96.0.20:80",
+            0,
+            vec![ready("10.244.1.2:8080")],
+        );
+        let idle = service("idle", Protocol::Udp, "10.96.0.30:53", 0, Vec::new());
+        let dns6 = service(
+            "dns",
+            Protocol::Udp,
+            "[fd00::10]:53",
+            30053,
+            vec![ready("[fd00:244::2]:5353")],
+        );
+        let map = |entries: Vec<ServiceEntry>| {
+            entries
+                .into_iter()
+                .map(|e| (e.port.name.clone(), Arc::new(e)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        ProxyState {
+            node: NodeInfo::default(),
+            v4: map(vec![dns, web, idle]),
+            v6: map(vec![dns6]),
+        }
+    }
+
+    /// A flow from a fixed client to `dst`, DNATed to `target`.
+    fn flow(proto: Protocol, dst: &str, target: &str) -> Flow {
+        let (dst, target) = (sock(dst), sock(target));
+        let client = if dst.is_ipv4() {
+            ip("10.244.9.9")
+        } else {
+            ip("fd00:244::9")
+        };
+        Flow {
+            family: IpFamily::of(&dst.ip()),
+            proto,
+            orig_src: client,
+            orig_dst: dst.ip(),
+            orig_sport: 40000,
+            orig_dport: dst.port(),
+            reply_src: target.ip(),
+            reply_sport: target.port(),
+        }
+    }
+
+    #[test]
+    fn stale_entries_by_upstream_rules() {
+        use Protocol::{Tcp, Udp};
+        #[rustfmt::skip]
+        let cases = [
+            ("ClusterIP to a serving endpoint", flow(Udp, "10.96.0.10:53", "10.244.2.3:5353"), false),
+            ("ClusterIP to a removed endpoint", flow(Udp, "10.96.0.10:53", "10.244.7.7:5353"), true),
+            ("ClusterIP to an endpoint's IP on another port", flow(Udp, "10.96.0.10:53", "10.244.1.2:9999"), true),
+            ("ClusterIP never DNATed", flow(Udp, "10.96.0.10:53", "10.96.0.10:53"), true),
+            ("ClusterIP to a not serving endpoint", flow(Udp, "10.96.0.10:53", "10.244.3.4:5353"), true),
+            ("ClusterIP to a serving, terminating endpoint", flow(Udp, "10.96.0.10:53", "10.244.4.5:5353"), false),
+            ("ClusterIP on a port that is no service's", flow(Udp, "10.96.0.10:54", "10.244.7.7:5353"), false),
+            ("externalIP to a removed endpoint", flow(Udp, "192.0.2.100:53", "10.244.7.7:5353"), true),
+            ("externalIP to a serving endpoint", flow(Udp, "192.0.2.100:53", "10.244.1.2:5353"), false),
+            ("LoadBalancer IP to a removed endpoint", flow(Udp, "198.51.100.7:53", "10.244.7.7:5353"), true),
+            ("NodePort on any address to a removed endpoint", flow(Udp, "192.0.2.10:30053", "10.244.7.7:5353"), true),
+            ("NodePort to a serving endpoint", flow(Udp, "192.0.2.10:30053", "10.244.1.2:5353"), false),
+            ("service without endpoints", flow(Udp, "10.96.0.30:53", "10.244.7.7:5353"), true),
+            ("TCP service to a removed endpoint", flow(Tcp, "10.96.0.20:80", "10.244.7.7:8080"), false),
+            ("UDP to a TCP service's frontend", flow(Udp, "10.96.0.20:80", "10.244.7.7:8080"), false),
+            ("TCP to a UDP service's frontend", flow(Tcp, "10.96.0.10:53", "10.244.7.7:5353"), false),
+            ("IPv6 ClusterIP to a serving endpoint", flow(Udp, "[fd00::10]:53", "[fd00:244::2]:5353"), false),
+            ("IPv6 NodePort to a removed endpoint", flow(Udp, "[fd00::1]:30053", "[fd00:244::7]:5353"), true),
+            ("IPv6 NodePort to the IPv6 endpoint", flow(Udp, "[fd00::1]:30053", "[fd00:244::2]:5353"), false),
+            ("no service at all", flow(Udp, "8.8.8.8:53", "8.8.8.8:53"), false),
+        ];
+        let state = state();
+        for (what, flow, stale) in cases {
+            let found = stale_flows(&state, &[flow]);
+            assert_eq!(found.len(), usize::from(stale), "{what}: {flow:?}");
+        }
+    }
+
+    #[test]
+    fn returns_the_stale_flows_in_order() {
+        let flows = [
+            flow(Protocol::Udp, "10.96.0.10:53", "10.244.7.7:5353"),
+            flow(Protocol::Udp, "10.96.0.10:53", "10.244.1.2:5353"),
+            flow(Protocol::Udp, "192.0.2.10:30053", "10.244.8.8:5353"),
+        ];
+        assert_eq!(stale_flows(&state(), &flows), [flows[0], flows[2]]);
+        assert_eq!(stale_flows(&ProxyState::default(), &flows), []);
+    }
+}

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use kube_proxy_model::{IpFamily, Protocol};
 use netlink_packet_core::{
     parse_u16_be, parse_u8, DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader,
-    NetlinkSerializable, Nla, NlasIterator,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla, NlasIterator,
 };
 
 use crate::Flow;
@@ -74,6 +74,18 @@ impl Request {
             _ => "dump",
         }
     }
+}
+
+/// The netlink message that sends `request` with `flags` and sequence number `seq`.
+pub(crate) fn encode(request: Request, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
 }
 
 impl NetlinkSerializable for Request {
@@ -306,4 +318,177 @@ fn ipv6(value: &[u8]) -> Result<IpAddr, DecodeError> {
     <[u8; 16]>::try_from(value)
         .map(IpAddr::from)
         .map_err(|_| DecodeError::invalid_ip_address(value.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+
+    use super::*;
+    use crate::captured;
+
+    const HEADER_LEN: usize = 16;
+    /// Where the captured IPv4 entry's original tuple starts and ends, and where its reply
+    /// tuple ends, in its payload.
+    const ORIG_V4: std::ops::Range<usize> = 4..56;
+    const REPLY_V4_END: usize = 108;
+    const ORIG_V6: std::ops::Range<usize> = 4..80;
+
+    fn payload(hex: &str) -> Vec<u8> {
+        captured::bytes(hex)[HEADER_LEN..].to_vec()
+    }
+
+    fn flow(family: IpFamily, vip: &str, sport: u16, pod: &str) -> Flow {
+        let (vip, pod): (IpAddr, IpAddr) = (vip.parse().unwrap(), pod.parse().unwrap());
+        Flow {
+            family,
+            proto: Protocol::Udp,
+            orig_src: vip,
+            orig_dst: vip,
+            orig_sport: sport,
+            orig_dport: 53,
+            reply_src: pod,
+            reply_sport: 5353,
+        }
+    }
+
+    fn captured_v4() -> Flow {
+        flow(IpFamily::V4, "10.96.0.10", 40000, "10.244.1.2")
+    }
+
+    fn captured_v6() -> Flow {
+        flow(IpFamily::V6, "fd00::10", 40001, "fd00:244::2")
+    }
+
+    fn parse(datagram: &[u8]) -> Result<Option<Flow>, DecodeError> {
+        match NetlinkMessage::<Entry>::deserialize(datagram)?.payload {
+            NetlinkPayload::InnerMessage(Entry(flow)) => Ok(flow),
+            other => panic!("not an entry: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dump_request_is_a_bare_nfgenmsg_of_the_family() {
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        #[rustfmt::skip]
+        let expected: [u8; 20] = [
+            20, 0, 0, 0, // length
+            0x01, 0x01, // IPCTNL_MSG_CT_GET of NFNL_SUBSYS_CTNETLINK
+            0x01, 0x03, // NLM_F_REQUEST | NLM_F_DUMP
+            7, 0, 0, 0, // sequence number
+            0, 0, 0, 0, // port id: the kernel fills it in
+            2, 0, 0, 0, // nfgenmsg: AF_INET, NFNETLINK_V0, resource id 0
+        ];
+        assert_eq!(encode(Request::dump(IpFamily::V4), flags, 7), expected);
+        let v6 = encode(Request::dump(IpFamily::V6), flags, 7);
+        assert_eq!(v6[HEADER_LEN..], [10, 0, 0, 0], "AF_INET6");
+    }
+
+    #[test]
+    fn delete_request_carries_the_original_tuple_as_the_kernel_sends_it() {
+        for (flow, hex, orig) in [
+            (captured_v4(), captured::IPV4_ENTRY, ORIG_V4),
+            (captured_v6(), captured::IPV6_ENTRY, ORIG_V6),
+        ] {
+            let bytes = encode(Request::delete(&flow), NLM_F_REQUEST | NLM_F_ACK, 9);
+            let family = address_family(flow.family);
+            #[rustfmt::skip]
+            let header = [
+                bytes.len() as u8, 0, 0, 0,
+                0x02, 0x01, // IPCTNL_MSG_CT_DELETE of NFNL_SUBSYS_CTNETLINK
+                0x05, 0x00, // NLM_F_REQUEST | NLM_F_ACK
+                9, 0, 0, 0,
+                0, 0, 0, 0,
+                family, 0, 0, 0,
+            ];
+            assert_eq!(bytes[..HEADER_LEN + 4], header, "{flow:?}");
+            // Byte for byte what the kernel itself sends for that entry: nests flagged
+            // NLA_F_NESTED, big-endian addresses and ports, padding zeroed.
+            assert_eq!(bytes[HEADER_LEN + 4..], payload(hex)[orig], "{flow:?}");
+        }
+    }
+
+    #[test]
+    fn delete_request_of_a_sctp_flow_uses_protocol_132() {
+        let mut flow = captured_v4();
+        flow.proto = Protocol::Sctp;
+        let bytes = encode(Request::delete(&flow), NLM_F_REQUEST | NLM_F_ACK, 1);
+        // nfgenmsg, CTA_TUPLE_ORIG and CTA_TUPLE_IP headers, two addresses, CTA_TUPLE_PROTO
+        // header, then CTA_PROTO_NUM.
+        let num = HEADER_LEN + 4 + 4 + 4 + 2 * 8 + 4;
+        assert_eq!(bytes[num..num + 5], [5, 0, 1, 0, 132]);
+    }
+
+    #[test]
+    fn parses_captured_entries_of_both_families() {
+        let v4 = parse(&captured::bytes(captured::IPV4_ENTRY)).unwrap();
+        assert_eq!(v4, Some(captured_v4()));
+        let v6 = parse(&captured::bytes(captured::IPV6_ENTRY)).unwrap();
+        assert_eq!(v6, Some(captured_v6()));
+    }
+
+    #[test]
+    fn entries_of_protocols_without_ports_are_skipped() {
+        let mut icmp = payload(captured::IPV4_ENTRY);
+        // CTA_PROTO_NUM of both tuples: UDP (17) becomes ICMP (1).
+        for at in [ORIG_V4.start + 32, REPLY_V4_END - 20] {
+            assert_eq!(icmp[at], 17);
+            icmp[at] = 1;
+        }
+        assert_eq!(parse_entry(&icmp).unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_entries_are_errors() {
+        let payload = payload(captured::IPV4_ENTRY);
+        for len in 0..REPLY_V4_END {
+            let result = parse_entry(&payload[..len]);
+            assert!(result.is_err(), "{len} bytes parsed as {result:?}");
+        }
+        // The attributes after the tuples are not needed.
+        let tuples_only = parse_entry(&payload[..REPLY_V4_END]).unwrap();
+        assert_eq!(tuples_only, Some(captured_v4()));
+    }
+
+    #[test]
+    fn missing_or_malformed_fields_are_errors_naming_them() {
+        let payload = payload(captured::IPV4_ENTRY);
+        let orig_only = [&payload[..ORIG_V4.end], &payload[REPLY_V4_END..]].concat();
+        let err = parse_entry(&orig_only).unwrap_err().to_string();
+        assert!(err.contains("CTA_TUPLE_REPLY"), "{err}");
+
+        // A 5-byte IPv4 source: the length of CTA_IP_V4_SRC grows into its neighbour.
+        let mut long_address = payload.clone();
+        assert_eq!(long_address[ORIG_V4.start + 8], 8);
+        long_address[ORIG_V4.start + 8] = 9;
+        assert!(parse_entry(&long_address).is_err());
+
+        let mut unknown_family = payload;
+        unknown_family[0] = 7;
+        let err = parse_entry(&unknown_family).unwrap_err().to_string();
+        assert!(err.contains("address family 7"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_bytes_never_panic() {
+        let datagram = captured::bytes(captured::IPV4_ENTRY);
+        for at in 0..datagram.len() {
+            for value in [0x00, 0x03, 0xff] {
+                let mut corrupt = datagram.clone();
+                corrupt[at] = value;
+                // Any result but a panic will do; most are errors.
+                let _ = NetlinkMessage::<Entry>::deserialize(&corrupt);
+            }
+        }
+        let err = parse(&datagram[..40]).unwrap_err().to_string();
+        assert!(err.contains("length"), "{err}");
+    }
+
+    #[test]
+    fn other_message_types_are_errors() {
+        let mut datagram = captured::bytes(captured::IPV4_ENTRY);
+        datagram[4] = 0x02; // IPCTNL_MSG_CT_DELETE
+        let err = parse(&datagram).unwrap_err().to_string();
+        assert!(err.contains("0x0102"), "{err}");
+    }
 }
