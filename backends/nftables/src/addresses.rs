@@ -85,6 +85,10 @@ pub enum NodePortIps {
 /// Resolves `nodePortAddresses` for `family` as upstream does: the local addresses inside
 /// the family's CIDRs, plus the node's primary IP for `primary`; no entry of this family,
 /// or a `/0`, means every local address. Loopback addresses never accept NodePorts.
+///
+/// A loopback node IP is the fallback for a Node without an address of this family, not
+/// a real one: upstream drops it before expanding `primary`, so the family then has no
+/// entry and accepts NodePorts on every local address.
 pub fn node_port_ips(
     entries: &[NodePortAddress],
     family: IpFamily,
@@ -97,7 +101,9 @@ pub fn node_port_ips(
         match entry {
             NodePortAddress::Cidr(net) if IpFamily::of_net(net) == family => cidrs.push(*net),
             NodePortAddress::Cidr(_) => {}
-            NodePortAddress::Primary => primary = node_ip.filter(|ip| IpFamily::of(ip) == family),
+            NodePortAddress::Primary => {
+                primary = node_ip.filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback())
+            }
         }
     }
     if (cidrs.is_empty() && primary.is_none()) || cidrs.iter().any(|c| c.prefix_len() == 0) {
@@ -167,6 +173,16 @@ mod tests {
             .unwrap(),
             NodePortIps::Only(vec![ip("192.168.1.2")])
         );
+        // The loopback fallback node IP is no node IP: every local address accepts.
+        for node_ip in ["127.0.0.1", "::1"] {
+            let family = IpFamily::of(&ip(node_ip));
+            assert_eq!(
+                node_port_ips(&[NodePortAddress::Primary], family, Some(ip(node_ip)), &src)
+                    .unwrap(),
+                NodePortIps::All,
+                "{node_ip}"
+            );
+        }
         assert_eq!(
             node_port_ips(&[cidr("fd00::/64")], IpFamily::V6, None, &src).unwrap(),
             NodePortIps::Only(vec![ip("fd00::5")])

@@ -418,6 +418,45 @@ fn a_single_family_backend_leaves_the_other_table_alone() {
     assert!(!b.render(&two_services()).unwrap().contains("ip6"));
 }
 
+/// `nodePortAddresses: [primary]` on a node without an address of one family, whose node
+/// IP of that family is the loopback fallback: that family accepts NodePorts on every
+/// local address, the other only on its node IP.
+#[test]
+fn a_loopback_node_ip_makes_primary_mean_every_local_address() {
+    let options = kube_proxy_model::ProxyOptions {
+        node_port_addresses: vec![kube_proxy_model::NodePortAddress::Primary],
+        ..default_options()
+    };
+    let every_local = |family: &str, lo: &str| {
+        format!("kube-proxy services fib daddr type local {family} daddr != {lo} meta")
+    };
+    for (ips, lo_family, lo_range, other) in [
+        (["192.168.0.2", "::1"], "ip6", "::1", "ip"),
+        (["127.0.0.1", "fd00:192::2"], "ip", "127.0.0.0/8", "ip6"),
+    ] {
+        let mut st = two_services();
+        st.node.ips = ips.iter().map(|a| ip(a)).collect();
+        let script = NftablesBackend::with_executor(options.clone(), FakeNft::new())
+            .with_address_source(addresses())
+            .render(&st)
+            .unwrap();
+        assert!(
+            script.contains(&every_local(lo_family, lo_range)),
+            "{script}"
+        );
+        assert!(
+            !script.contains(&format!("set {lo_family} kube-proxy nodeport-ips")),
+            "{script}"
+        );
+        assert!(
+            script.contains(&format!(
+                "add rule {other} kube-proxy services {other} daddr @nodeport-ips"
+            )),
+            "{script}"
+        );
+    }
+}
+
 /// A random edit of one service port.
 #[derive(Debug, Clone)]
 enum Edit {
