@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
-use kube_proxy_model::{Backend, Changes, ProxyOptions, ProxyState};
-use kube_proxy_nftables::{NftCommand, NftablesBackend};
+use kube_proxy_model::{Backend, Changes, ProxyOptions, ProxyState, SyncReport};
+use kube_proxy_nftables::{NftCommand, NftablesBackend, StaticAddresses};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -25,9 +25,12 @@ const EVENT_BUFFER: usize = 4096;
 pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let state = state_from_manifests(&inv.config, files)?;
     let options = proxy_options(inv, &state)?;
-    // Rendering never runs `nft`: the executor is only there to satisfy the constructor.
+    // Rendering never runs `nft` (the executor only satisfies the constructor), and takes
+    // the node's interfaces to hold just its node IPs: the output describes that node, not
+    // the machine it is rendered on.
     let backend = match inv.config.effective_mode() {
-        ProxyMode::NfTables => NftablesBackend::with_executor(options, NftCommand::new()),
+        ProxyMode::NfTables => NftablesBackend::with_executor(options, NftCommand::new())
+            .with_address_source(StaticAddresses(state.node.ips.clone())),
         mode => bail!(unsupported(mode)),
     };
     print!("{}", backend.render(&state)?);
@@ -135,6 +138,13 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(apiserver::run(client, node_name.clone(), tx));
     tracing::info!(node = %node_name, mode = mode.as_str(), "kube-proxy-rs started");
+    // Said loudly because load balancers probe these: a LoadBalancer Service with
+    // externalTrafficPolicy Local gets no healthy nodes until they exist.
+    tracing::warn!(
+        "not implemented yet: the healthz and metrics servers and the health-check node \
+         ports of externalTrafficPolicy: Local Services (healthzBindAddress, \
+         metricsBindAddress and healthCheckNodePort are accepted but not served)"
+    );
     let mut proxy = Proxy {
         inv,
         builder: new_builder(config)?,
@@ -164,11 +174,13 @@ impl Proxy<'_> {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { bail!("the API watchers stopped") };
                     self.builder.handle(ev);
-                    // Fold everything already queued in before deciding anything.
-                    while let Ok(ev) = rx.try_recv() {
+                    // Fold in what is already queued before deciding anything, but at most
+                    // one buffer's worth, so that sustained churn cannot starve the syncs.
+                    for _ in 0..EVENT_BUFFER {
+                        let Ok(ev) = rx.try_recv() else { break };
                         self.builder.handle(ev);
                     }
-                    if self.builder.tracker_mut().has_changes() {
+                    if self.builder.tracker().has_changes() {
                         self.runner.request();
                     }
                 }
@@ -202,11 +214,11 @@ impl Proxy<'_> {
                 "sync failed; retrying with a full sync"
             );
         }
-        self.runner
-            .finish(Instant::now(), changes.full, result.is_ok());
+        let full = changes.full || result.as_ref().is_ok_and(|report| report.full);
+        self.runner.finish(Instant::now(), full, result.is_ok());
     }
 
-    fn sync_state(&mut self, state: &ProxyState, changes: &mut Changes) -> Result<()> {
+    fn sync_state(&mut self, state: &ProxyState, changes: &mut Changes) -> Result<SyncReport> {
         if self.inv.config.local_mode() == LocalMode::NodeCidr && state.node.pod_cidrs.is_empty() {
             bail!(
                 "detectLocalMode is NodeCIDR but Node {:?} has no podCIDRs yet",
@@ -223,14 +235,20 @@ impl Proxy<'_> {
         let started = std::time::Instant::now();
         let report = tokio::task::block_in_place(|| backend.sync(state, changes))?;
         tokio::task::block_in_place(|| clean_stale_flows(state));
-        tracing::info!(
-            full = report.full,
-            applied = report.applied,
-            changed = changes.services.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "synced rules"
-        );
-        Ok(())
+        // Upstream logs every sync only at -v=2; one that changed the kernel is worth more.
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let changed = changes.services.len();
+        if report.applied {
+            tracing::info!(full = report.full, changed, elapsed_ms, "synced rules");
+        } else {
+            tracing::debug!(
+                full = report.full,
+                changed,
+                elapsed_ms,
+                "synced rules: nothing to change"
+            );
+        }
+        Ok(report)
     }
 }
 

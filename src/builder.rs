@@ -12,7 +12,6 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::Node;
 use kube_proxy_model::{
     ChangeTracker, Changes, Endpoint, IpFamily, NodeInfo, ProxyState, ServiceEntry, ServicePort,
-    ServicePortName,
 };
 
 use crate::convert::{self, NodeFacts, ObjectKey, SliceEndpoints};
@@ -108,9 +107,9 @@ impl ModelBuilder {
         self.tracker.state()
     }
 
-    /// The change tracker, e.g. to inspect pending changes.
-    pub fn tracker_mut(&mut self) -> &mut ChangeTracker {
-        &mut self.tracker
+    /// The change tracker, e.g. to ask whether anything is pending.
+    pub fn tracker(&self) -> &ChangeTracker {
+        &self.tracker
     }
 
     /// A snapshot of the model and what changed since the previous call. The first call
@@ -341,7 +340,8 @@ impl ModelBuilder {
     /// tracker. Costs O(ports × endpoints of this Service) plus a log-time lookup.
     fn rebuild_service(&mut self, key: &ObjectKey) {
         for (family, entries) in IpFamily::ALL.into_iter().zip(self.entries(key)) {
-            self.replace_entries(family, key, entries);
+            self.tracker
+                .replace_service(family, &key.namespace, &key.name, entries);
         }
     }
 
@@ -355,34 +355,6 @@ impl ModelBuilder {
             out[family_index(port.family)].push(ServiceEntry::new(port.clone(), endpoints, node));
         }
         out
-    }
-
-    /// Replaces the entries of Service `key` in `family`, looking the old ones up by range
-    /// (names sort by namespace, then Service name) instead of scanning every port.
-    fn replace_entries(&mut self, family: IpFamily, key: &ObjectKey, entries: Vec<ServiceEntry>) {
-        let first = ServicePortName {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            port: String::new(),
-            protocol: kube_proxy_model::Protocol::Tcp,
-        };
-        let mut stale: HashSet<ServicePortName> = self
-            .tracker
-            .state()
-            .services(family)
-            .range(first..)
-            .map(|(name, _)| name)
-            .take_while(|name| name.namespace == key.namespace && name.name == key.name)
-            .cloned()
-            .collect();
-        for entry in entries {
-            stale.remove(&entry.port.name);
-            self.tracker
-                .set(family, entry.port.name.clone(), Some(entry.into()));
-        }
-        for name in stale {
-            self.tracker.set(family, name, None);
-        }
     }
 }
 
@@ -449,7 +421,7 @@ fn logged_key(
 mod tests {
     use super::*;
     use crate::sources::manifest::listed_events;
-    use kube_proxy_model::Protocol;
+    use kube_proxy_model::{Protocol, ServicePortName};
     use serde_json::{json, Value};
 
     fn from<T: serde::de::DeserializeOwned>(v: Value) -> Box<T> {

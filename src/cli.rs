@@ -888,7 +888,7 @@ fn split_list(occurrences: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Go's `strconv.ParseBool`.
+/// `--endpoint-selection`: `round-robin` or `random`.
 fn parse_endpoint_selection(s: &str) -> Result<Scheduling, String> {
     match s {
         "round-robin" => Ok(Scheduling::RoundRobin),
@@ -897,6 +897,7 @@ fn parse_endpoint_selection(s: &str) -> Result<Scheduling, String> {
     }
 }
 
+/// Go's `strconv.ParseBool`.
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),

@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::service::{IpFamily, ServicePortName};
+use crate::service::{IpFamily, Protocol, ServicePortName};
 use crate::state::{NodeInfo, ProxyState, ServiceEntry};
 
 /// What changed since the previous sync.
@@ -73,19 +73,28 @@ impl ChangeTracker {
         name: &str,
         entries: Vec<ServiceEntry>,
     ) -> bool {
-        let map = self.state.services_mut(family);
-        let old: Vec<ServicePortName> = map
-            .keys()
-            .filter(|k| k.namespace == namespace && k.name == name)
+        // Names sort by namespace, then Service name: the old ports are one range, found
+        // without scanning every port of the cluster.
+        let first = ServicePortName {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        let mut stale: BTreeSet<ServicePortName> = self
+            .state
+            .services(family)
+            .range(first..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.namespace == namespace && k.name == name)
             .cloned()
             .collect();
         let mut changed = false;
-        let mut keep = BTreeSet::new();
         for entry in entries {
-            keep.insert(entry.port.name.clone());
+            stale.remove(&entry.port.name);
             changed |= self.set(family, entry.port.name.clone(), Some(Arc::new(entry)));
         }
-        for k in old.into_iter().filter(|k| !keep.contains(k)) {
+        for k in stale {
             changed |= self.set(family, k, None);
         }
         changed
