@@ -18,7 +18,7 @@
 //! tests wait for has to come from the API events (or a relist), never from a periodic
 //! full resync that would paper over a missed event.
 
-// Only the fake API server and `output_bounded` are used here.
+// Only the fake API server and the bounded tool runners are used here.
 #[allow(dead_code)]
 mod support;
 
@@ -35,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 use support::fake_apiserver::FakeApiServer;
-use support::netns::output_bounded;
+use support::netns::{output_bounded, run, TOOL_LIMIT};
 
 /// Our node, its address and its pods' range.
 const NODE: &str = "node-a";
@@ -59,8 +59,6 @@ const MIN_SYNC_PERIOD: &str = "100ms";
 const CONVERGE: Duration = Duration::from_secs(15);
 /// How long a SIGTERMed daemon may take to exit.
 const EXIT: Duration = Duration::from_secs(5);
-/// Upper bound for one `nft` or `ip` invocation.
-const TOOL_LIMIT: Duration = Duration::from_secs(5);
 /// Pause between two looks at the kernel.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -90,7 +88,11 @@ fn programs_nothing_before_the_initial_lists_complete() {
             kernel_facts().ok_or_else(|| "no table yet".to_owned())
         });
         // The first sync waits for the Node too, so its NodePort address is already there.
-        assert_same_facts(&expected_facts(server), &first, "the first programmed table");
+        assert_same_facts(
+            &expected_facts(server),
+            &first,
+            "the first programmed table",
+        );
     });
 }
 
@@ -350,23 +352,11 @@ fn enter_new_netns() {
         ns("/proc/self/ns/net"),
         "still in the host's network namespace"
     );
-    run_tool(Command::new("ip").args(["link", "set", "lo", "up"]));
-}
-
-/// Runs `cmd` (bounded by [`TOOL_LIMIT`]) and returns its stdout; panics on failure.
-fn run_tool(cmd: &mut Command) -> String {
-    let out = output_bounded(cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run(Command::new("ip").args(["link", "set", "lo", "up"]));
 }
 
 fn nft(args: &[&str]) -> String {
-    run_tool(Command::new("nft").args(args))
+    run(Command::new("nft").args(args))
 }
 
 /// Established TCP connections from this namespace to the fake API server.

@@ -64,11 +64,13 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Distinguishes namespaces created by this process.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `ip` (or any program) and panics with its stderr if it fails.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+/// How long a tool (`ip`, `nft`, ...) may run before it counts as hung.
+pub const TOOL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs `ip` (or any program, bounded by [`TOOL_LIMIT`]) and returns its stdout; panics
+/// with its stderr if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = output_bounded(cmd, TOOL_LIMIT).unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}): {}",
