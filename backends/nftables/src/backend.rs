@@ -8,8 +8,9 @@ use kube_proxy_model::{Backend, BackendError, Changes, ProxyOptions, ProxyState,
 use crate::addresses::{node_port_ips, AddressSource, NodePortIps, SystemAddresses};
 use crate::exec::{ExecError, NftCommand, NftExecutor};
 use crate::ir::{Chain, Family, Object};
+use crate::names::NODEPORT_IPS;
 use crate::plan::{plan_rebuild, plan_table, Planned};
-use crate::rules::{model_family, skeleton, Context};
+use crate::rules::{model_family, node_port_elements, skeleton, Context};
 use crate::sync::ServiceIndex;
 use crate::table::{Ruleset, TableState};
 use crate::transaction::Transaction;
@@ -100,19 +101,26 @@ impl NftablesBackend {
         Context::new(&self.options, family, state.node.ip(model_family(family)))
     }
 
-    /// The skeleton of `family`'s table for `state`.
-    fn skeleton(&self, ctx: &Context, state: &ProxyState) -> TableState {
-        let family = model_family(ctx.family);
-        let node_ports = node_port_ips(
+    /// The addresses of `family` that accept NodePorts now. Interface addresses change
+    /// without any API event, so every sync asks again, as upstream does; when that fails,
+    /// none accept, as upstream's would.
+    fn node_ports(&self, state: &ProxyState, family: Family) -> NodePortIps {
+        let family = model_family(family);
+        node_port_ips(
             &self.options.node_port_addresses,
             family,
-            ctx.node_ip,
+            state.node.ip(family),
             &*self.addresses,
         )
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "listing local addresses for nodePortAddresses failed");
             NodePortIps::Only(Vec::new())
-        });
+        })
+    }
+
+    /// The skeleton of `family`'s table for `state`.
+    fn skeleton(&self, ctx: &Context, state: &ProxyState) -> TableState {
+        let node_ports = self.node_ports(state, ctx.family);
         skeleton(ctx, &node_ports, &state.node.service_cidrs)
     }
 
@@ -156,28 +164,46 @@ impl NftablesBackend {
         Ok((kernel, plans))
     }
 
-    /// Plans only the changed service ports; `None` when that is not possible.
+    /// Plans only the changed service ports and `nodeport-ips`; `None` when that is not
+    /// possible.
     fn plan_partial(
         &mut self,
         state: &ProxyState,
         changes: &Changes,
     ) -> Option<Vec<(Family, Planned)>> {
-        let kernel = self.kernel.as_ref()?;
         let mut plans = Vec::new();
-        for &family in &self.families {
-            let ctx = Context::new(&self.options, family, state.node.ip(model_family(family)));
-            let table = kernel.tables.get(&family)?;
-            let index = self.index.get_mut(&family)?;
-            let services = state.services(model_family(family));
-            match index.plan_changes(&ctx, services, &changes.services, table) {
-                Ok(planner) => plans.push((family, planner.into_planned())),
-                Err(why) => {
-                    tracing::warn!(%family, reason = %why.0, "partial sync impossible, doing a full one");
-                    return None;
-                }
-            }
+        for family in self.families.clone() {
+            plans.push((family, self.plan_partial_family(state, changes, family)?));
         }
         Some(plans)
+    }
+
+    fn plan_partial_family(
+        &mut self,
+        state: &ProxyState,
+        changes: &Changes,
+        family: Family,
+    ) -> Option<Planned> {
+        let ctx = Context::new(&self.options, family, state.node.ip(model_family(family)));
+        let node_ports = self.node_ports(state, family);
+        let table = self.kernel.as_ref()?.tables.get(&family)?;
+        // Switching between the set and every local address rewrites skeleton rules.
+        if table.sets.contains_key(NODEPORT_IPS) != matches!(node_ports, NodePortIps::Only(_)) {
+            tracing::info!(%family, "NodePort addresses changed form, doing a full sync");
+            return None;
+        }
+        let index = self.index.get_mut(&family)?;
+        let services = state.services(model_family(family));
+        let mut planner = index
+            .plan_changes(&ctx, services, &changes.services, table)
+            .map_err(|why| {
+                tracing::warn!(%family, reason = %why.0, "partial sync impossible, doing a full one");
+            })
+            .ok()?;
+        if let NodePortIps::Only(ips) = &node_ports {
+            planner.elements(NODEPORT_IPS, &node_port_elements(ips));
+        }
+        Some(planner.into_planned())
     }
 
     /// Deletes service chains flushed at least the grace period ago, in a transaction of
@@ -283,9 +309,6 @@ impl Backend for NftablesBackend {
             applied: false,
         };
         report.applied = self.delete_stale_chains();
-        if !report.full && changes.services.is_empty() {
-            return Ok(report);
-        }
         self.needs_full = true;
         let partial = if report.full {
             None

@@ -13,9 +13,11 @@
 //! computes the whole desired content, and sends only the difference. A partial sync
 //! recomputes only the service ports in [`Changes::services`](kube_proxy_model::Changes)
 //! and diffs their chains and map elements against the model, so its cost does not grow
-//! with the number of services. Each sync is one atomic `nft -f` transaction; a sync with
-//! nothing to change sends nothing, and a restarted process (or a second `kube-proxy apply`)
-//! reconciles instead of flushing working rules.
+//! with the number of services. Every sync, even one without service changes, also reads
+//! the interface addresses again and updates the elements of `nodeport-ips`, since
+//! addresses change without any API event (as upstream does). Each sync is one atomic
+//! `nft -f` transaction; a sync with nothing to change sends nothing, and a restarted
+//! process (or a second `kube-proxy apply`) reconciles instead of flushing working rules.
 //!
 //! Rules are written in the form `nft list` prints them back (`meta mark set meta mark |
 //! 0x00004000` rather than upstream's equivalent `mark set mark or 0x004000`), so that the

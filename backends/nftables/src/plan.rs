@@ -5,7 +5,7 @@
 //! checks it: new chains and sets first, then chain rewrites, then element changes, and
 //! deletions of objects nothing refers to any more last.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::ir::{Chain, Element, Family, Object, Rule, Set};
 use crate::names::is_service_chain;
@@ -180,6 +180,15 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Brings every element of the static set or map `name` to `desired`.
+    pub fn elements(&mut self, name: &str, desired: &BTreeMap<String, ElementValue>) {
+        let kernel: &TableState = self.kernel;
+        let current = kernel.sets.get(name).map(|s| &s.elements);
+        for key in union(desired.keys(), current.into_iter().flat_map(|e| e.keys())) {
+            self.element(name, key, desired.get(key));
+        }
+    }
+
     /// The result: operations, and which service chains became stale or are wanted.
     pub fn into_planned(mut self) -> Planned {
         let new_stale = std::mem::take(&mut self.new_stale);
@@ -271,15 +280,8 @@ fn diff_table(
         p.chain(name, desired.chains.get(name))?;
     }
     for (name, set) in &desired.sets {
-        if set.def.is_dynamic() {
-            continue;
-        }
-        let current = kernel.sets.get(name).map(|s| &s.elements);
-        for key in union(
-            set.elements.keys(),
-            current.into_iter().flat_map(|e| e.keys()),
-        ) {
-            p.element(name, key, set.elements.get(key));
+        if !set.def.is_dynamic() {
+            p.elements(name, &set.elements);
         }
     }
     Ok(p.into_planned())

@@ -289,6 +289,13 @@ fn node_port_match(ctx: &Context, node_ports: &NodePortIps, with_fib: bool) -> S
     }
 }
 
+/// The elements of `nodeport-ips` for `ips`.
+pub(crate) fn node_port_elements(ips: &[IpAddr]) -> BTreeMap<String, ElementValue> {
+    ips.iter()
+        .map(|a| (a.to_string(), ElementValue::default()))
+        .collect()
+}
+
 fn no_endpoint_handling(ctx: &Context, t: &mut TableState, node_ports: &NodePortIps) {
     let (ip, addr) = (ctx.ip(), ctx.addr_type());
     if let NodePortIps::Only(ips) = node_ports {
@@ -299,10 +306,7 @@ fn no_endpoint_handling(ctx: &Context, t: &mut TableState, node_ports: &NodePort
             None,
             "IPs that accept NodePort traffic",
         );
-        let set = t.sets.get_mut(NODEPORT_IPS).expect("just added");
-        for a in ips {
-            set.elements.insert(a.to_string(), ElementValue::default());
-        }
+        t.sets.get_mut(NODEPORT_IPS).expect("just added").elements = node_port_elements(ips);
     }
     add_set(
         t,

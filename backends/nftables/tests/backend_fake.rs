@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::*;
 use kube_proxy_model::{Backend, Changes, Protocol, ProxyState, ServicePortName};
 use kube_proxy_nftables::ir::{BaseChain, Chain, ChainType, Element, Hook, Object};
-use kube_proxy_nftables::{FakeNft, Family, NftExecutor, NftablesBackend, Transaction};
+use kube_proxy_nftables::{
+    FakeNft, Family, NftExecutor, NftablesBackend, StaticAddresses, Transaction,
+};
 use proptest::prelude::*;
 
 fn backend(fake: &FakeNft) -> NftablesBackend {
@@ -101,6 +103,69 @@ fn no_op_syncs_send_nothing() {
     let a = name("ns1", "a", "p", Protocol::Tcp);
     assert!(!b.sync(&st, &changed(&[&a])).unwrap().applied);
     assert_eq!(fake.apply_count(), 1);
+}
+
+/// Interface addresses change without any API event: every sync, even one with no service
+/// change, brings `nodeport-ips` up to date, and only it.
+#[test]
+fn every_sync_follows_the_node_port_addresses() {
+    let options = kube_proxy_model::ProxyOptions {
+        node_port_addresses: vec![
+            kube_proxy_model::NodePortAddress::Cidr(net("10.0.0.0/8")),
+            kube_proxy_model::NodePortAddress::Cidr(net("fd00::/8")),
+        ],
+        ..default_options()
+    };
+    let moved = StaticAddresses(vec![ip("127.0.0.1"), ip("10.0.9.9"), ip("fd00:192::2")]);
+    let with = |fake: &FakeNft, addresses: StaticAddresses| {
+        NftablesBackend::with_executor(options.clone(), fake.clone()).with_address_source(addresses)
+    };
+    let st = two_services();
+    let fake = FakeNft::new();
+    let mut b = with(&fake, addresses());
+    b.sync(&st, &Changes::full()).unwrap();
+    let reads = fake.read_count();
+
+    let mut b = b.with_address_source(moved.clone());
+    let report = b.sync(&st, &Changes::default()).unwrap();
+    assert!(report.applied && !report.full);
+    assert_eq!(fake.read_count(), reads, "a partial sync trusts its model");
+    assert_eq!(
+        fake.applied().last().unwrap().render(),
+        "delete element ip kube-proxy nodeport-ips { 10.0.1.1 }\n\
+         add element ip kube-proxy nodeport-ips { 10.0.9.9 }\n"
+    );
+    let fresh = FakeNft::new();
+    with(&fresh, moved).sync(&st, &Changes::full()).unwrap();
+    assert_eq!(tables(&fake), tables(&fresh));
+
+    assert!(!b.sync(&st, &Changes::default()).unwrap().applied);
+    assert_eq!(fake.apply_count(), 2);
+}
+
+/// NodePorts matched on every local address that now need `nodeport-ips` (or the other
+/// way round) change rules of the skeleton: a partial sync does a full one instead.
+#[test]
+fn a_change_of_node_port_form_makes_the_sync_full() {
+    let options = kube_proxy_model::ProxyOptions {
+        node_port_addresses: vec![kube_proxy_model::NodePortAddress::Primary],
+        ..default_options()
+    };
+    let with = |fake: &FakeNft| {
+        NftablesBackend::with_executor(options.clone(), fake.clone())
+            .with_address_source(addresses())
+    };
+    let mut st = two_services();
+    st.node.ips = vec![ip("192.168.0.2"), ip("::1")];
+    let fake = FakeNft::new();
+    let mut b = with(&fake);
+    b.sync(&st, &Changes::full()).unwrap();
+    st.node.ips = node().ips;
+    let report = b.sync(&st, &Changes::default()).unwrap();
+    assert!(report.applied && report.full);
+    let fresh = FakeNft::new();
+    with(&fresh).sync(&st, &Changes::full()).unwrap();
+    assert_eq!(tables(&fake), tables(&fresh));
 }
 
 #[test]
