@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube_proxy_model::{ServiceMap, ServicePortName};
 
+use crate::ir::Set;
 use crate::plan::{Incompatible, Planner};
 use crate::rules::{service_fragment, Context, Fragment};
 use crate::table::{ElementValue, TableState};
@@ -150,13 +151,11 @@ fn plan_objects(
     old: &Footprint,
     new: &Fragment,
 ) -> Result<(), Incompatible> {
-    let sets: BTreeSet<&String> = old
-        .sets
-        .iter()
-        .chain(new.sets.iter().map(|s| &s.name))
-        .collect();
+    // A ClientIP-affinity port has one set per endpoint: look them up, never scan.
+    let new_sets: HashMap<&String, &Set> = new.sets.iter().map(|s| (&s.name, s)).collect();
+    let sets: BTreeSet<&String> = old.sets.iter().chain(new_sets.keys().copied()).collect();
     for name in sets {
-        planner.set(name, new.sets.iter().find(|s| &s.name == name))?;
+        planner.set(name, new_sets.get(name).copied())?;
     }
     let chains: BTreeSet<&String> = old.chains.iter().chain(new.chains.keys()).collect();
     for name in chains {
