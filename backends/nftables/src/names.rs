@@ -110,11 +110,18 @@ fn hash_and_truncate(name: &str) -> String {
     out.push('-');
     out.push_str(name);
     if out.len() > BASE_LENGTH_MAX {
-        // Names are ASCII (validated Kubernetes names, addresses, digits).
-        out.truncate(BASE_LENGTH_MAX - 3);
+        // Upstream cuts at a byte; names from manifests the API server never validated may
+        // hold multi-byte characters, and a Rust string can only be cut between them.
+        out.truncate(floor_char_boundary(&out, BASE_LENGTH_MAX - 3));
         out.push_str("...");
     }
     out
+}
+
+/// The largest index not above `i` where a character of `s` starts (what
+/// `str::floor_char_boundary` does, which is newer than our minimum Rust version).
+fn floor_char_boundary(s: &str, i: usize) -> usize {
+    (0..=i).rev().find(|&j| s.is_char_boundary(j)).unwrap_or(0)
 }
 
 /// RFC 4648 base32 of exactly 5 bytes: 8 characters, no padding.
@@ -178,5 +185,14 @@ mod tests {
         assert!(names.chain.ends_with("..."));
         assert!(is_service_chain(&names.chain));
         assert!(!is_service_chain(SERVICES));
+    }
+
+    #[test]
+    fn long_multi_byte_names_are_cut_between_characters() {
+        // "HASHHASH-ns/" is 12 bytes and every "é" 2: byte BASE_LENGTH_MAX - 3 = 237 falls
+        // inside one, so the cut moves back a byte.
+        let chains = ServiceChains::new(&spn("ns", &"é".repeat(150), "p"));
+        assert!(chains.cluster.ends_with("é..."), "{}", chains.cluster);
+        assert_eq!(chains.cluster.len(), "service-".len() + BASE_LENGTH_MAX - 1);
     }
 }
