@@ -99,13 +99,7 @@ impl NftCommand {
 impl NftExecutor for NftCommand {
     fn apply(&mut self, tx: &Transaction) -> Result<(), ExecError> {
         let out = self.run(&["-f", "-"], Some(&tx.render()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ExecError::Refused(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ))
-        }
+        refused_unless_success(&out)
     }
 
     fn read_table(&mut self, family: Family) -> Result<Option<TableState>, ExecError> {

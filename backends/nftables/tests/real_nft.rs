@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use kube_proxy_model::{Backend, Changes, Protocol, ProxyOptions, ProxyState, SessionAffinity};
-use kube_proxy_nftables::{FakeNft, Family, NftCommand, NftExecutor, NftablesBackend, TableState};
+use kube_proxy_nftables::ir::{Chain, Object};
+use kube_proxy_nftables::{
+    ExecError, FakeNft, Family, NftCommand, NftExecutor, NftablesBackend, TableState, Transaction,
+};
 
 fn real_backend(
     options: ProxyOptions,
@@ -148,6 +151,21 @@ fn the_nft_backend_probes_the_kernel_and_syncs() {
             .elements
             .contains_key("172.30.0.10 . tcp . 80"));
         assert!(read_back()[1].is_some(), "IPv6 table programmed too");
+    });
+}
+
+#[test]
+fn a_refused_transaction_reports_nfts_message() {
+    in_netns(|| {
+        let mut tx = Transaction::new();
+        tx.flush(Family::Ip, Object::Chain(Chain::named("services")));
+        let mut nft = NftCommand::new();
+        for result in [nft.check(&tx), nft.apply(&tx)] {
+            match result {
+                Err(ExecError::Refused(msg)) => assert!(msg.contains("No such file"), "{msg}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
     });
 }
 
