@@ -184,7 +184,7 @@ impl NftablesBackend {
         changes: &Changes,
         family: Family,
     ) -> Option<Planned> {
-        let ctx = Context::new(&self.options, family, state.node.ip(model_family(family)));
+        let ctx = self.context(state, family);
         let node_ports = self.node_ports(state, family);
         let table = self.kernel.as_ref()?.tables.get(&family)?;
         // Switching between the set and every local address rewrites skeleton rules.
