@@ -138,6 +138,24 @@ pub fn object_key(kind: &'static str, meta: &ObjectMeta) -> Result<ObjectKey, Co
     }
 }
 
+/// A DNS label as Kubernetes validates names: at most 63 lower-case letters, digits and
+/// `-`, starting and ending with a letter or digit (RFC 1123), or, with `letter_first`,
+/// starting with a letter (RFC 1035).
+fn is_dns_label(s: &str, letter_first: bool) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = s.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(&first), Some(&last)) => {
+            bytes.len() <= 63
+                && alnum(first)
+                && (!letter_first || first.is_ascii_lowercase())
+                && alnum(last)
+                && bytes.iter().all(|&c| alnum(c) || c == b'-')
+        }
+        _ => false,
+    }
+}
+
 fn has_label(meta: &ObjectMeta, label: &str) -> bool {
     meta.labels.as_ref().is_some_and(|l| l.contains_key(label))
 }
@@ -186,6 +204,17 @@ pub fn service_ports(svc: &Service) -> Converted<Vec<ServicePort>> {
     let mut problems = Problems::new("Service", &key);
     if let Some(reason) = service_skip_reason(svc) {
         tracing::debug!(service = %key, reason, "skipping Service");
+        return problems.finish(Vec::new());
+    }
+    // The API server guarantees these; manifests do not. The names end up in rule and
+    // chain names, where a stray character would make the kernel refuse every service's
+    // rules at once, so an invalid Service is refused on its own here.
+    if !is_dns_label(&key.namespace, false) {
+        problems.push("metadata.namespace", "must be a DNS-1123 label");
+        return problems.finish(Vec::new());
+    }
+    if !is_dns_label(&key.name, true) {
+        problems.push("metadata.name", "must be a DNS-1035 label");
         return problems.finish(Vec::new());
     }
     let Some(spec) = svc.spec.as_ref() else {
@@ -250,10 +279,18 @@ fn read_port(
         );
         return None;
     };
+    let port_name = port.name.clone().unwrap_or_default();
+    if !port_name.is_empty() && !is_dns_label(&port_name, false) {
+        problems.push(
+            format!("spec.ports[{i}].name"),
+            format!("{port_name:?} must be a DNS-1123 label"),
+        );
+        return None;
+    }
     let name = ServicePortName {
         namespace: key.namespace.clone(),
         name: key.name.clone(),
-        port: port.name.clone().unwrap_or_default(),
+        port: port_name,
         protocol,
     };
     Some((name, number, node_port))
@@ -1175,6 +1212,43 @@ mod tests {
                 "Service ns/svc: spec.ports[4].nodePort: -1 is out of range 0-65535",
                 r#"Service ns/svc: spec.ports[5]: duplicate port name "ok" for tcp"#,
             ]
+        );
+    }
+
+    #[test]
+    fn names_that_would_not_survive_as_rule_names_are_refused() {
+        let named = |namespace: &str, name: &str| -> Service {
+            from(json!({
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80}]},
+            }))
+        };
+        for (namespace, name, field) in [
+            ("ns", "Web", "metadata.name"),
+            ("ns", "web app", "metadata.name"),
+            ("ns", "9web", "metadata.name"),
+            ("ns", "caf\u{e9}", "metadata.name"),
+            ("ns", &"a".repeat(64), "metadata.name"),
+            ("ns/x", "web", "metadata.namespace"),
+            ("-ns", "web", "metadata.namespace"),
+        ] {
+            let c = service_ports(&named(namespace, name));
+            assert!(c.value.is_empty(), "{namespace}/{name} was accepted");
+            assert_eq!(c.problems.len(), 1, "{namespace}/{name}");
+            assert_eq!(c.problems[0].field, field, "{namespace}/{name}");
+        }
+        assert_eq!(clean_ports(&named("kube-system", "kube-dns-2")).len(), 1);
+        assert_eq!(clean_ports(&named("0ns", &"a".repeat(63))).len(), 1);
+
+        let c = service_ports(&service(json!({
+            "clusterIP": "10.96.0.9",
+            "ports": [{"name": "HTTP", "port": 80}, {"name": "dns-tcp", "port": 53}],
+        })));
+        assert_eq!(c.value.len(), 1);
+        assert_eq!(c.value[0].name.port, "dns-tcp");
+        assert_eq!(
+            messages(&c.problems),
+            [r#"Service ns/svc: spec.ports[0].name: "HTTP" must be a DNS-1123 label"#]
         );
     }
 
