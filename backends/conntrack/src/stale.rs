@@ -112,7 +112,7 @@ fn serves(entry: &ServiceEntry, ip: IpAddr, port: u16) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use kube_proxy_model::ServiceMap;
     use std::sync::Arc;
 
     use kube_proxy_model::{Endpoint, NodeInfo, ServicePort, ServicePortName};
@@ -206,7 +206,7 @@ mod tests {
             entries
                 .into_iter()
                 .map(|e| (e.port.name.clone(), Arc::new(e)))
-                .collect::<BTreeMap<_, _>>()
+                .collect::<ServiceMap>()
         };
         ProxyState {
             node: NodeInfo::default(),

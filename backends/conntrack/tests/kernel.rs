@@ -1,7 +1,6 @@
 //! Real conntrack entries, made by real packets through a real DNAT rule in a private
 //! network namespace, listed and deleted through ctnetlink. Needs root (unshare, nft).
 
-use std::collections::BTreeMap;
 use std::io;
 use std::io::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -214,11 +213,13 @@ fn cleanup_deletes_only_stale_entries() {
         let never_dnated = udp_flow(&vip, "10.96.0.12:53");
         let unrelated = udp_flow(&pod, "10.244.1.2:5353");
         let state = ProxyState {
-            v4: BTreeMap::from([
+            v4: [
                 udp_service("kept", "10.96.0.10:53", "10.244.1.2:5353"),
                 udp_service("moved", "10.96.0.11:53", "10.244.1.2:5353"),
                 udp_service("never-dnated", "10.96.0.12:53", "10.244.1.2:5353"),
-            ]),
+            ]
+            .into_iter()
+            .collect(),
             ..ProxyState::default()
         };
         let all = [&kept, &moved, &never_dnated, &unrelated];
