@@ -173,13 +173,10 @@ impl Proxy<'_> {
             tokio::select! {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { bail!("the API watchers stopped") };
-                    self.builder.handle(ev);
                     // Fold in what is already queued before deciding anything, but at most
                     // one buffer's worth, so that sustained churn cannot starve the syncs.
-                    for _ in 0..EVENT_BUFFER {
-                        let Ok(ev) = rx.try_recv() else { break };
-                        self.builder.handle(ev);
-                    }
+                    let queued = std::iter::from_fn(|| rx.try_recv().ok()).take(EVENT_BUFFER);
+                    self.builder.handle_all(std::iter::once(ev).chain(queued));
                     if self.builder.tracker().has_changes() {
                         self.runner.request();
                     }

@@ -80,12 +80,21 @@ impl ModelBuilder {
 
     /// Folds one event into the model.
     pub fn handle(&mut self, ev: SourceEvent) {
-        match ev {
-            SourceEvent::Applied(obj) => self.apply(&obj),
-            SourceEvent::Deleted(obj) => self.delete(&obj),
-            SourceEvent::Listed(kind, objects) => {
-                self.relist(kind, &objects);
-                self.listed.insert(kind);
+        self.handle_all([ev]);
+    }
+
+    /// Folds a batch of events into the model. Each Service they touch is rebuilt once,
+    /// however many of its EndpointSlices changed in the batch (as upstream merges once per
+    /// sync), which matters for a big Service whose slices churn.
+    pub fn handle_all(&mut self, events: impl IntoIterator<Item = SourceEvent>) {
+        for ev in events {
+            match ev {
+                SourceEvent::Applied(obj) => self.apply(&obj),
+                SourceEvent::Deleted(obj) => self.delete(&obj),
+                SourceEvent::Listed(kind, objects) => {
+                    self.relist(kind, &objects);
+                    self.listed.insert(kind);
+                }
             }
         }
         self.rebuild_dirty();
@@ -607,6 +616,38 @@ mod tests {
         let (_, changes) = b.take_changes();
         assert_eq!(changed(&changes), ["ns/web:http"]);
         assert!(!changes.full);
+    }
+
+    #[test]
+    fn a_batch_ends_where_the_same_events_one_by_one_end() {
+        let svc = service("web", &["10.96.0.1"], &[HTTP], json!({}));
+        let version = |n: u8, name: &str| {
+            let ip = format!("10.0.{n}.1");
+            slice(
+                name,
+                "web",
+                "IPv4",
+                &[HTTP_TARGET],
+                &[(&ip, None, true, None)],
+            )
+        };
+        let events = || {
+            vec![
+                SourceEvent::Applied(version(1, "web-a")),
+                SourceEvent::Applied(version(2, "web-b")),
+                SourceEvent::Applied(version(3, "web-a")),
+                SourceEvent::Deleted(version(2, "web-b")),
+            ]
+        };
+        let mut one_by_one = synced(vec![svc.clone()]);
+        for ev in events() {
+            one_by_one.handle(ev);
+        }
+        let mut batched = synced(vec![svc]);
+        batched.handle_all(events());
+        assert_eq!(endpoints(&batched, IpFamily::V4), ["10.0.3.1:8080"]);
+        assert_eq!(batched.state(), one_by_one.state());
+        assert_eq!(changed(&batched.take_changes().1), ["ns/web:http"]);
     }
 
     #[test]
