@@ -14,15 +14,16 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::netns::{
-    self, probe, Answer, Netns, Outcome, Pod, Proto, TcpConversation, Topology, UdpFlow, CLIENT_IP,
-    CLUSTER_CIDR, LOCAL_POD_CIDR, NODE_IP, NODE_NAME, NODE_UPLINK_IP, OTHER_CLIENT_IP, POD_PORT,
-    REMOTE_NODE_IP, REMOTE_NODE_NAME, REMOTE_POD_CIDR,
+    self, probe, Answer, Family, Netns, Outcome, Pod, Proto, TcpConversation, Topology, UdpFlow,
+    CLIENT_IP, CLIENT_IP6, CLUSTER_CIDR, CLUSTER_CIDR6, LOCAL_POD_CIDR, LOCAL_POD_CIDR6, NODE_IP,
+    NODE_IP6, NODE_NAME, NODE_UPLINK_IP, NODE_UPLINK_IP6, OTHER_CLIENT_IP, POD_PORT,
+    REMOTE_NODE_IP, REMOTE_NODE_IP6, REMOTE_NODE_NAME, REMOTE_POD_CIDR, REMOTE_POD_CIDR6,
 };
 
 /// Every service exposes this port, TCP and UDP, towards the pods' [`POD_PORT`].
@@ -79,13 +80,17 @@ enum Condition {
 /// A Service, its endpoints (pods of the topology) and its policies.
 struct Svc {
     name: &'static str,
-    cluster_ip: Ipv4Addr,
+    /// `spec.clusterIPs`: one per family of `spec.ipFamilies`, the primary first.
+    cluster_ips: Vec<IpAddr>,
     exposure: Exposure,
     external_ips: Vec<Ipv4Addr>,
     external_local: bool,
     internal_local: bool,
     client_ip_affinity: bool,
     endpoints: Vec<(&'static str, Condition)>,
+    /// Ready endpoints of one family that replace `endpoints` in that
+    /// family's EndpointSlices.
+    family_endpoints: BTreeMap<Family, Vec<&'static str>>,
     /// Pods whose endpoint carries a topology hint for the given zone.
     zone_hints: BTreeMap<&'static str, &'static str>,
     /// How many EndpointSlices the endpoints are spread over.
@@ -97,19 +102,58 @@ struct Svc {
 impl Svc {
     /// A ClusterIP service `10.96.0.<host>` with ready endpoints `pods`.
     fn new(name: &'static str, host: u8, pods: &[&'static str]) -> Svc {
+        Svc::single_stack(name, cluster_ip_in(Family::V4, host), pods)
+    }
+
+    /// An IPv6-only ClusterIP service `fd00:10:96::<host>` with ready
+    /// endpoints `pods`.
+    fn new_ipv6(name: &'static str, host: u8, pods: &[&'static str]) -> Svc {
+        Svc::single_stack(name, cluster_ip_in(Family::V6, host), pods)
+    }
+
+    fn single_stack(name: &'static str, cluster_ip: IpAddr, pods: &[&'static str]) -> Svc {
         Svc {
             name,
-            cluster_ip: Ipv4Addr::new(10, 96, 0, host),
+            cluster_ips: vec![cluster_ip],
             exposure: Exposure::ClusterIp,
             external_ips: Vec::new(),
             external_local: false,
             internal_local: false,
             client_ip_affinity: false,
             endpoints: pods.iter().map(|pod| (*pod, Condition::Ready)).collect(),
+            family_endpoints: BTreeMap::new(),
             zone_hints: BTreeMap::new(),
             slices: 1,
             proxy_name: None,
         }
+    }
+
+    /// Adds a ClusterIP of the other family, with the same host part:
+    /// `ipFamilyPolicy: RequireDualStack`.
+    fn dual_stack(mut self) -> Svc {
+        let other = match self.families()[..] {
+            [Family::V4] => Family::V6,
+            [Family::V6] => Family::V4,
+            _ => panic!("{} is dual-stack already", self.name),
+        };
+        let host = match self.cluster_ips[0] {
+            IpAddr::V4(ip) => ip.octets()[3],
+            IpAddr::V6(ip) => u8::try_from(ip.segments()[7]).expect("host part fits a u8"),
+        };
+        self.cluster_ips.push(cluster_ip_in(other, host));
+        self
+    }
+
+    /// In `family`'s EndpointSlices, ready endpoints `pods` instead of the
+    /// service's endpoints.
+    fn family_endpoints(mut self, family: Family, pods: &[&'static str]) -> Svc {
+        self.family_endpoints.insert(family, pods.to_vec());
+        self
+    }
+
+    /// `spec.ipFamilies`.
+    fn families(&self) -> Vec<Family> {
+        self.cluster_ips.iter().map(|ip| Family::of(*ip)).collect()
     }
 
     fn node_port(mut self, port: u16) -> Svc {
@@ -166,16 +210,36 @@ impl Svc {
         self
     }
 
-    /// The ClusterIP address and service port.
+    /// The (primary family's) ClusterIP address and service port.
     fn cluster_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.cluster_ip, SERVICE_PORT))
+        SocketAddr::new(self.cluster_ips[0], SERVICE_PORT)
     }
 
-    /// The node port on the node's primary IP.
+    /// The ClusterIP address of `family` and service port.
+    fn cluster_addr_of(&self, family: Family) -> SocketAddr {
+        let ip = self
+            .cluster_ips
+            .iter()
+            .find(|ip| Family::of(**ip) == family);
+        let ip = ip.unwrap_or_else(|| panic!("{} has no {family:?} ClusterIP", self.name));
+        SocketAddr::new(*ip, SERVICE_PORT)
+    }
+
+    /// The node port on the node's primary IP (of the service's primary
+    /// family).
     fn node_port_addr(&self) -> SocketAddr {
+        self.node_port_addr_of(self.families()[0])
+    }
+
+    /// The node port on the node's IP of `family` from its Node object.
+    fn node_port_addr_of(&self, family: Family) -> SocketAddr {
         let port = self.exposure.node_port();
         let port = port.unwrap_or_else(|| panic!("{} has no node port", self.name));
-        SocketAddr::from((NODE_IP, port))
+        let ip: IpAddr = match family {
+            Family::V4 => NODE_IP.into(),
+            Family::V6 => NODE_IP6.into(),
+        };
+        SocketAddr::new(ip, port)
     }
 
     fn load_balancer_addr(&self) -> SocketAddr {
@@ -189,10 +253,10 @@ impl Svc {
         let policy = |local| if local { "Local" } else { "Cluster" };
         let mut spec = json!({
             "type": self.exposure.type_name(),
-            "clusterIP": self.cluster_ip.to_string(),
-            "clusterIPs": [self.cluster_ip.to_string()],
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
+            "clusterIP": self.cluster_ips[0].to_string(),
+            "clusterIPs": self.cluster_ips.iter().map(IpAddr::to_string).collect::<Vec<_>>(),
+            "ipFamilies": self.families().into_iter().map(Family::kube_name).collect::<Vec<_>>(),
+            "ipFamilyPolicy": if self.cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
             "ports": self.service_ports(),
             "selector": {"app": self.name},
             "sessionAffinity": if self.client_ip_affinity { "ClientIP" } else { "None" },
@@ -258,32 +322,38 @@ impl Svc {
         ports.into()
     }
 
-    /// The endpoints, split over [`Svc::slices`] EndpointSlices.
+    /// The endpoints of each family, split over [`Svc::slices`]
+    /// EndpointSlices per family.
     fn endpoint_slice_objects(&self, topology: &Topology) -> Vec<Value> {
-        let endpoints: Vec<Value> = self
-            .endpoints
-            .iter()
-            .map(|(pod, condition)| self.endpoint_object(topology.pod(pod), *condition))
-            .collect();
-        let per_slice = endpoints.len().div_ceil(self.slices).max(1);
-        let mut chunks: Vec<&[Value]> = endpoints.chunks(per_slice).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
+        let mut objects = Vec::new();
+        for family in self.families() {
+            let endpoints: Vec<(&str, Condition)> = match self.family_endpoints.get(&family) {
+                Some(pods) => pods.iter().map(|pod| (*pod, Condition::Ready)).collect(),
+                None => self.endpoints.clone(),
+            };
+            let endpoints: Vec<Value> = endpoints
+                .iter()
+                .map(|(pod, condition)| self.endpoint_object(topology.pod(pod), *condition, family))
+                .collect();
+            let per_slice = endpoints.len().div_ceil(self.slices).max(1);
+            let mut chunks: Vec<&[Value]> = endpoints.chunks(per_slice).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
+            let slices = chunks.iter().enumerate();
+            objects.extend(slices.map(|(i, chunk)| self.endpoint_slice_object(family, i, chunk)));
         }
-        let slices = chunks.iter().enumerate();
-        slices
-            .map(|(i, chunk)| self.endpoint_slice_object(i, chunk))
-            .collect()
+        objects
     }
 
-    fn endpoint_object(&self, pod: &Pod, condition: Condition) -> Value {
+    fn endpoint_object(&self, pod: &Pod, condition: Condition, family: Family) -> Value {
         let (ready, serving, terminating) = match condition {
             Condition::Ready => (true, true, false),
             Condition::ServingTerminating => (false, true, true),
             Condition::Terminating => (false, false, true),
         };
         let mut endpoint = json!({
-            "addresses": [pod.ip.to_string()],
+            "addresses": [pod.ip_of(family).to_string()],
             "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
             "nodeName": pod.node,
             "zone": zone_of(pod.node),
@@ -295,25 +365,37 @@ impl Svc {
         endpoint
     }
 
-    fn endpoint_slice_object(&self, index: usize, endpoints: &[Value]) -> Value {
+    fn endpoint_slice_object(&self, family: Family, index: usize, endpoints: &[Value]) -> Value {
+        let prefix = match family {
+            Family::V4 => "",
+            Family::V6 => "v6",
+        };
         json!({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": format!("{}-x7k2{index}", self.name),
+                "name": format!("{}-{prefix}x7k2{index}", self.name),
                 "namespace": "default",
                 "labels": {
                     "kubernetes.io/service-name": self.name,
                     "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
                 },
             },
-            "addressType": "IPv4",
+            "addressType": family.kube_name(),
             "endpoints": endpoints,
             "ports": [
                 {"name": "tcp", "port": POD_PORT, "protocol": "TCP"},
                 {"name": "udp", "port": POD_PORT, "protocol": "UDP"},
             ],
         })
+    }
+}
+
+/// The ClusterIP with host part `host` in `family`'s service CIDR.
+fn cluster_ip_in(family: Family, host: u8) -> IpAddr {
+    match family {
+        Family::V4 => Ipv4Addr::new(10, 96, 0, host).into(),
+        Family::V6 => Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, host.into()).into(),
     }
 }
 
@@ -325,7 +407,8 @@ fn zone_of(node: &str) -> &'static str {
     }
 }
 
-fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
+/// A dual-stack Node, IPv4 first (so IPv4 is its primary family).
+fn node_object(name: &str, (ip, ip6): (Ipv4Addr, Ipv6Addr), pod_cidrs: [&str; 2]) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -333,9 +416,10 @@ fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
             "kubernetes.io/hostname": name,
             "topology.kubernetes.io/zone": zone_of(name),
         }},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "spec": {"podCIDR": pod_cidrs[0], "podCIDRs": pod_cidrs},
         "status": {"addresses": [
             {"type": "InternalIP", "address": ip.to_string()},
+            {"type": "InternalIP", "address": ip6.to_string()},
             {"type": "Hostname", "address": name},
         ]},
     })
@@ -344,8 +428,16 @@ fn node_object(name: &str, ip: Ipv4Addr, pod_cidr: &str) -> Value {
 /// The `kind: List` document `kubectl get svc,endpointslices,nodes -A -o yaml` prints.
 fn manifests(topology: &Topology, services: &[&Svc]) -> String {
     let mut items = vec![
-        node_object(NODE_NAME, NODE_IP, LOCAL_POD_CIDR),
-        node_object(REMOTE_NODE_NAME, REMOTE_NODE_IP, REMOTE_POD_CIDR),
+        node_object(
+            NODE_NAME,
+            (NODE_IP, NODE_IP6),
+            [LOCAL_POD_CIDR, LOCAL_POD_CIDR6],
+        ),
+        node_object(
+            REMOTE_NODE_NAME,
+            (REMOTE_NODE_IP, REMOTE_NODE_IP6),
+            [REMOTE_POD_CIDR, REMOTE_POD_CIDR6],
+        ),
     ];
     for svc in services {
         items.push(svc.service_object());
@@ -366,6 +458,8 @@ enum Origin {
     Node,
     /// The external client, with the given source address.
     Client(Ipv4Addr),
+    /// The external client over IPv6, with the given source address.
+    Client6(Ipv6Addr),
 }
 
 /// One test's cluster. On a failing test its Drop prints the last manifests,
@@ -405,7 +499,7 @@ impl Cluster {
             .arg("-f")
             .arg(&path)
             .args(["--proxy-mode", "nftables", "--hostname-override", NODE_NAME])
-            .args(["--cluster-cidr", CLUSTER_CIDR]);
+            .arg(format!("--cluster-cidr={CLUSTER_CIDR},{CLUSTER_CIDR6}"));
         if let Selection::Random = self.selection {
             kube_proxy.arg("--endpoint-selection=random");
         }
@@ -427,6 +521,10 @@ impl Cluster {
 
     fn pod_ip(&self, pod: &str) -> IpAddr {
         IpAddr::V4(self.topology.pod(pod).ip)
+    }
+
+    fn pod_ip6(&self, pod: &str) -> IpAddr {
+        IpAddr::V6(self.topology.pod(pod).ip6)
     }
 
     /// Up to `count` requests, each a new flow, from `origin` to `target`.
@@ -458,6 +556,7 @@ impl Cluster {
             Origin::Pod(pod) => (&self.topology.pod(pod).netns, None),
             Origin::Node => (&self.topology.node, None),
             Origin::Client(ip) => (&self.topology.client, Some(IpAddr::V4(ip))),
+            Origin::Client6(ip) => (&self.topology.client, Some(IpAddr::V6(ip))),
         }
     }
 
@@ -488,6 +587,16 @@ impl Cluster {
 
     fn masqueraded(&self, pod: &str) -> Answer {
         answer(pod, self.topology.node_address_towards(pod))
+    }
+
+    /// [`Cluster::reaches_masqueraded`] over IPv6.
+    fn reaches_masqueraded6(&self, pods: &[&str]) -> Expect {
+        let towards = |pod| self.topology.node_address_towards_in(pod, Family::V6);
+        Expect::Answers(pods.iter().map(|pod| answer(pod, towards(pod))).collect())
+    }
+
+    fn pod_addr6(&self, pod: &str) -> SocketAddr {
+        self.topology.pod(pod).addr_of(Family::V6)
     }
 
     /// Checks every row over TCP, then every row over UDP.
@@ -878,7 +987,7 @@ fn no_endpoints_and_unserved_ports_reject() {
     let empty = Svc::new("empty", 10, &[]).node_port(30084);
     let web = Svc::new("web", 11, &["a"]);
     cluster.apply(&[&empty, &web]);
-    let unserved = SocketAddr::from((web.cluster_ip, SERVICE_PORT + 1));
+    let unserved = SocketAddr::new(web.cluster_addr().ip(), SERVICE_PORT + 1);
     cluster.check(&[
         (Origin::Pod("client"), empty.cluster_addr(), Expect::Refused),
         (Origin::Node, empty.cluster_addr(), Expect::Refused),
@@ -1066,4 +1175,129 @@ fn udp_flows_follow_endpoint_changes() {
     let dns = Svc::new("dns", 10, &["b"]).node_port(30088);
     cluster.apply(&[&dns, &Svc::new("late", 11, &["b"])]);
     assert_eq!(exchange(), after, "{what} after the update");
+}
+
+// ---------------------------------------------------------------------------
+// IPv6 and dual-stack: the same node, programmed through `table ip6 kube-proxy`.
+
+/// The harness's IPv6 routing and echo servers work on their own.
+#[test]
+fn harness_routes_plain_ipv6_traffic() {
+    let cluster = Cluster::new(&["a", "b"], &["r"]);
+    let closed_port = SocketAddr::new(cluster.pod_ip6("b"), 9);
+    cluster.check(&[
+        (
+            Origin::Pod("a"),
+            cluster.pod_addr6("r"),
+            reaches(&["r"], cluster.pod_ip6("a")),
+        ),
+        (
+            Origin::Node,
+            cluster.pod_addr6("r"),
+            reaches(&["r"], NODE_IP6),
+        ),
+        (
+            Origin::Client6(CLIENT_IP6),
+            cluster.pod_addr6("a"),
+            reaches(&["a"], CLIENT_IP6),
+        ),
+        (Origin::Pod("a"), closed_port, Expect::Refused),
+    ]);
+}
+
+/// An IPv6-only Service: its ClusterIP spreads round-robin over local and
+/// remote endpoints, keeping a pod's source and masquerading the node's own
+/// traffic and a pod reaching itself; its NodePort, on the node's IPv6
+/// InternalIP only, masquerades the external client. Without endpoints, its
+/// ClusterIP and NodePort reject, as do ports the ClusterIP does not serve.
+#[test]
+fn ipv6_only_service() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
+    let endpoints = ["a", "b", "r"];
+    let web = Svc::new_ipv6("web6", 10, &endpoints).node_port(30090);
+    let itself = Svc::new_ipv6("self6", 11, &["a"]);
+    let empty = Svc::new_ipv6("empty6", 12, &[]).node_port(30091);
+    cluster.apply(&[&web, &itself, &empty]);
+    let (pod, client) = (Origin::Pod("client"), Origin::Client6(CLIENT_IP6));
+    let pod_ip = cluster.pod_ip6("client");
+    let not_primary = SocketAddr::new(NODE_UPLINK_IP6.into(), 30090);
+    let unserved = SocketAddr::new(web.cluster_addr().ip(), SERVICE_PORT + 1);
+    cluster.check(&[
+        (pod, web.cluster_addr(), reaches(&endpoints, pod_ip)),
+        (
+            Origin::Node,
+            web.cluster_addr(),
+            cluster.reaches_masqueraded6(&endpoints),
+        ),
+        (
+            Origin::Pod("a"),
+            itself.cluster_addr(),
+            cluster.reaches_masqueraded6(&["a"]),
+        ),
+        (
+            client,
+            web.node_port_addr(),
+            cluster.reaches_masqueraded6(&endpoints),
+        ),
+        (client, not_primary, Expect::Refused),
+        (pod, empty.cluster_addr(), Expect::Refused),
+        (Origin::Node, empty.cluster_addr(), Expect::Refused),
+        (client, empty.node_port_addr(), Expect::Refused),
+        (pod, unserved, Expect::Refused),
+    ]);
+}
+
+/// A dual-stack Service (`ipFamilies: [IPv4, IPv6]`, one EndpointSlice per
+/// family) answers on both ClusterIPs and on the NodePort of both node IPs,
+/// each family from its own slice only. The slices name different pods
+/// (`b` only for IPv6) so that an endpoint leaking into the other family's
+/// rules shows. Emptying the IPv6 slice makes only IPv6 reject.
+#[test]
+fn dual_stack_service_keeps_families_apart() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
+    let (v4_pods, v6_pods) = (["a", "r"], ["b", "r"]);
+    let dual = |v6: &[&'static str]| {
+        Svc::new("dual", 10, &v4_pods)
+            .dual_stack()
+            .family_endpoints(Family::V6, v6)
+            .node_port(30092)
+    };
+    let web = dual(&v6_pods);
+    cluster.apply(&[&web]);
+    let pod = Origin::Pod("client");
+    let (v4, v6) = (
+        web.cluster_addr_of(Family::V4),
+        web.cluster_addr_of(Family::V6),
+    );
+    let (np4, np6) = (
+        web.node_port_addr_of(Family::V4),
+        web.node_port_addr_of(Family::V6),
+    );
+    let ipv4_rows = |cluster: &Cluster| {
+        [
+            (pod, v4, reaches(&v4_pods, cluster.pod_ip("client"))),
+            (Origin::Node, v4, cluster.reaches_masqueraded(&v4_pods)),
+            (
+                Origin::Client(CLIENT_IP),
+                np4,
+                cluster.reaches_masqueraded(&v4_pods),
+            ),
+        ]
+    };
+    cluster.check(&ipv4_rows(&cluster));
+    cluster.check(&[
+        (pod, v6, reaches(&v6_pods, cluster.pod_ip6("client"))),
+        (Origin::Node, v6, cluster.reaches_masqueraded6(&v6_pods)),
+        (
+            Origin::Client6(CLIENT_IP6),
+            np6,
+            cluster.reaches_masqueraded6(&v6_pods),
+        ),
+    ]);
+    cluster.apply(&[&dual(&[])]);
+    cluster.check(&ipv4_rows(&cluster));
+    cluster.check(&[
+        (pod, v6, Expect::Refused),
+        (Origin::Client6(CLIENT_IP6), np6, Expect::Refused),
+    ]);
 }

@@ -16,6 +16,21 @@
 //!                                              10.244.1.2, .3 ...  10.244.2.2, .3 ...
 //! ```
 //!
+//! The same topology is dual-stack: every link and pod also has an IPv6
+//! address ([`Family::V6`]), with the same shape:
+//!
+//! ```text
+//!  client                      node                                  remote
+//!  eth0 2001:db8:1::2 ──────── eth1 2001:db8:1::1  eth0 2001:db8::10 ── eth0 2001:db8::11
+//!                                                  cbr0 fd00:10:244:1::1  cbr0 fd00:10:244:2::1
+//!                                              local pods fd00:10:244:1::2, ::3 ...
+//!                                              remote pods fd00:10:244:2::2, ::3 ...
+//! ```
+//!
+//! IPv6 addresses are added with `nodad` and `accept_dad` is off in every
+//! namespace: otherwise they stay tentative for a second or two, and binds to
+//! them fail.
+//!
 //! Every pod runs an [`EchoServer`] on TCP and UDP port [`POD_PORT`] that
 //! answers each request with its own name and the peer address it saw, so a
 //! test can tell which endpoint answered and whether the source was NATed.
@@ -26,7 +41,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +72,50 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The port every pod's echo server listens on, TCP and UDP.
 pub const POD_PORT: u16 = 8080;
+
+/// The IPv6 twins of the addresses above.
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+pub const REMOTE_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11);
+pub const NODE_UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The external client's IPv6 source: its address on the link to the node.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const LOCAL_POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 1);
+const REMOTE_POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 1);
+pub const LOCAL_POD_CIDR6: &str = "fd00:10:244:1::/64";
+pub const REMOTE_POD_CIDR6: &str = "fd00:10:244:2::/64";
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/56";
+pub const SERVICE_CIDR6: &str = "fd00:10:96::/112";
+
+/// An IP family of the dual-stack topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The name Kubernetes uses (`ipFamilies`, `addressType`).
+    pub fn kube_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+}
 
 /// How long a probe waits for a connection or an answer. Paths here are veths
 /// on one machine (answers take microseconds), so running out of it means the
@@ -92,6 +153,11 @@ impl Netns {
         let name = format!("kpdp-{}-{id}-{role}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Netns { name };
+        // Before any interface exists, so that every one inherits it: link-local
+        // addresses are usable at once, too.
+        for conf in ["all", "default"] {
+            ns.sysctl(&format!("ipv6/conf/{conf}/accept_dad"), "0");
+        }
         ns.ip("link set lo up");
         ns
     }
@@ -198,6 +264,7 @@ impl Drop for Netns {
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub node: &'static str,
     // Declared before `netns` so the server stops before its namespace goes.
     server: EchoServer,
@@ -220,7 +287,7 @@ impl Topology {
         let node = Netns::create("node");
         let remote = Netns::create("remote");
         let client = Netns::create("client");
-        wire_bridge(&node, LOCAL_POD_GATEWAY);
+        wire_bridge(&node, LOCAL_POD_GATEWAY, LOCAL_POD_GATEWAY6);
         enable_bridge_netfilter(&node);
         wire_remote(&node, &remote);
         wire_client(&node, &client);
@@ -231,10 +298,12 @@ impl Topology {
             node,
         };
         for (i, name) in local_pods.iter().enumerate() {
-            topology.add_pod(name, LOCAL_POD_GATEWAY, i, NODE_NAME);
+            let gateways = (LOCAL_POD_GATEWAY, LOCAL_POD_GATEWAY6);
+            topology.add_pod(name, gateways, i, NODE_NAME);
         }
         for (i, name) in remote_pods.iter().enumerate() {
-            topology.add_pod(name, REMOTE_POD_GATEWAY, i, REMOTE_NODE_NAME);
+            let gateways = (REMOTE_POD_GATEWAY, REMOTE_POD_GATEWAY6);
+            topology.add_pod(name, gateways, i, REMOTE_NODE_NAME);
         }
         topology
     }
@@ -254,9 +323,27 @@ impl Topology {
         }
     }
 
-    fn add_pod(&mut self, name: &str, gateway: Ipv4Addr, index: usize, node: &'static str) {
+    /// [`Topology::node_address_towards`] in either family.
+    pub fn node_address_towards_in(&self, pod: &str, family: Family) -> IpAddr {
+        match (family, self.pod(pod).node) {
+            (Family::V4, _) => self.node_address_towards(pod).into(),
+            (Family::V6, NODE_NAME) => LOCAL_POD_GATEWAY6.into(),
+            (Family::V6, _) => NODE_IP6.into(),
+        }
+    }
+
+    fn add_pod(
+        &mut self,
+        name: &str,
+        (gateway, gateway6): (Ipv4Addr, Ipv6Addr),
+        index: usize,
+        node: &'static str,
+    ) {
+        let host = 2 + u8::try_from(index).expect("too many pods");
         let [a, b, c, _] = gateway.octets();
-        let ip = Ipv4Addr::new(a, b, c, 2 + u8::try_from(index).expect("too many pods"));
+        let ip = Ipv4Addr::new(a, b, c, host);
+        let [a, b, c, d, ..] = gateway6.segments();
+        let ip6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, host.into());
         let netns = Netns::create(&format!("pod-{name}"));
         let host = if node == NODE_NAME {
             &self.node
@@ -269,11 +356,14 @@ impl Topology {
         host.ip(&format!("link set {port} master cbr0 up"));
         host.ip(&format!("link set {port} type bridge_slave hairpin on"));
         link_up(&netns, "eth0", ip, 24);
+        add_ip6(&netns, "eth0", ip6, 64);
         netns.ip(&format!("route add default via {gateway}"));
+        netns.ip(&format!("-6 route add default via {gateway6}"));
         let server = EchoServer::start(&netns, name, POD_PORT);
         let pod = Pod {
             name: name.to_owned(),
             ip,
+            ip6,
             node,
             server,
             netns,
@@ -287,13 +377,28 @@ impl Pod {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((self.ip, self.server.port))
     }
+
+    /// The pod's address of `family`.
+    pub fn ip_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
+
+    /// Pod address of `family` and echo port.
+    pub fn addr_of(&self, family: Family) -> SocketAddr {
+        SocketAddr::new(self.ip_of(family), self.server.port)
+    }
 }
 
 /// A node's bridge for its pods plus forwarding; shared by both nodes.
-fn wire_bridge(ns: &Netns, gateway: Ipv4Addr) {
+fn wire_bridge(ns: &Netns, gateway: Ipv4Addr, gateway6: Ipv6Addr) {
     ns.ip("link add cbr0 type bridge");
+    add_ip6(ns, "cbr0", gateway6, 64);
     link_up(ns, "cbr0", gateway, 24);
     ns.sysctl("ipv4/ip_forward", "1");
+    ns.sysctl("ipv6/conf/all/forwarding", "1");
 }
 
 /// Pod-to-pod traffic on one bridge must pass the node's netfilter hooks, or
@@ -304,23 +409,32 @@ fn enable_bridge_netfilter(node: &Netns) {
     let present = node.enter(|| std::path::Path::new(switch).exists());
     assert!(present, "{switch} missing: modprobe br_netfilter");
     node.sysctl("bridge/bridge-nf-call-iptables", "1");
+    node.sysctl("bridge/bridge-nf-call-ip6tables", "1");
 }
 
 /// The node-to-node link carrying `NODE_IP`, and routes to each other's pods.
 fn wire_remote(node: &Netns, remote: &Netns) {
-    wire_bridge(remote, REMOTE_POD_GATEWAY);
+    wire_bridge(remote, REMOTE_POD_GATEWAY, REMOTE_POD_GATEWAY6);
     node.veth("eth0", remote, "eth0");
+    add_ip6(node, "eth0", NODE_IP6, 64);
+    add_ip6(remote, "eth0", REMOTE_NODE_IP6, 64);
     link_up(node, "eth0", NODE_IP, 24);
     link_up(remote, "eth0", REMOTE_NODE_IP, 24);
     node.ip(&format!("route add {REMOTE_POD_CIDR} via {REMOTE_NODE_IP}"));
+    node.ip(&format!(
+        "-6 route add {REMOTE_POD_CIDR6} via {REMOTE_NODE_IP6}"
+    ));
     // Replies to pods, NodePort clients and masqueraded traffic all go back
     // through the node under test.
     remote.ip(&format!("route add default via {NODE_IP}"));
+    remote.ip(&format!("-6 route add default via {NODE_IP6}"));
 }
 
 /// The external client: a link network plus two "public" source addresses.
 fn wire_client(node: &Netns, client: &Netns) {
     node.veth("eth1", client, "eth0");
+    add_ip6(node, "eth1", NODE_UPLINK_IP6, 64);
+    add_ip6(client, "eth0", CLIENT_IP6, 64);
     link_up(node, "eth1", NODE_UPLINK_IP, 24);
     link_up(client, "eth0", CLIENT_LINK_IP, 24);
     for ip in [CLIENT_IP, OTHER_CLIENT_IP] {
@@ -333,11 +447,19 @@ fn wire_client(node: &Netns, client: &Netns) {
     // Node-local connect() to a ClusterIP needs some route before the nat
     // output hook ever sees the packet; upstream nodes have a default route.
     node.ip(&format!("route add {SERVICE_CIDR} via {CLIENT_LINK_IP}"));
+    client.ip(&format!("-6 route add default via {NODE_UPLINK_IP6}"));
+    node.ip(&format!("-6 route add {SERVICE_CIDR6} via {CLIENT_IP6}"));
 }
 
 fn link_up(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix: u8) {
     ns.ip(&format!("addr add {ip}/{prefix} dev {dev}"));
     ns.ip(&format!("link set {dev} up"));
+}
+
+/// Adds an IPv6 address that is usable at once (no duplicate address
+/// detection); the link is brought up by [`link_up`].
+fn add_ip6(ns: &Netns, dev: &str, ip: Ipv6Addr, prefix: u8) {
+    ns.ip(&format!("-6 addr add {ip}/{prefix} dev {dev} nodad"));
 }
 
 /// What an echo server reported: who it is and the peer it saw.
@@ -432,7 +554,7 @@ impl UdpFlow {
     /// Binds a port never used before by this process (on `source`, if
     /// given) and connects it.
     pub fn open(source: Option<IpAddr>, target: SocketAddr) -> io::Result<UdpFlow> {
-        let local = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let local = source.unwrap_or(Family::of(target.ip()).unspecified());
         let socket = UdpSocket::bind((local, fresh_udp_port()))?;
         // A connected socket reports ICMP port unreachable as ECONNREFUSED.
         socket.connect(target)?;
@@ -466,7 +588,8 @@ pub struct TcpConversation {
 impl TcpConversation {
     /// Connects (from `source`, if given) with bounded connect and read timeouts.
     pub fn open(source: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpConversation> {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let domain = socket2::Domain::for_address(target);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
         if let Some(ip) = source {
             socket.bind(&SocketAddr::new(ip, 0).into())?;
         }
@@ -495,44 +618,52 @@ impl TcpConversation {
     }
 }
 
-/// TCP and UDP echo servers on one port of a namespace, answering each
-/// request line/datagram with `"<identity> <peer>"`.
+/// TCP and UDP echo servers on one port of a namespace, in both families,
+/// answering each request line/datagram with `"<identity> <peer>"`.
 pub struct EchoServer {
     port: u16,
-    // Shared with the serving threads so the fds stay valid for Drop's shutdown().
-    listener: Arc<TcpListener>,
-    udp: Arc<UdpSocket>,
+    // Shared with the serving threads so the fds stay valid for Drop's
+    // shutdown(). One socket per family (the IPv6 ones `IPV6_V6ONLY`), so IPv4
+    // peers show as plain IPv4 addresses.
+    listeners: Vec<Arc<TcpListener>>,
+    udp: Vec<Arc<UdpSocket>>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl EchoServer {
-    /// Binds both sockets inside `ns` and serves them on background threads.
+    /// Binds the sockets inside `ns` and serves them on background threads.
     pub fn start(ns: &Netns, identity: &str, port: u16) -> EchoServer {
-        let (listener, udp) = ns
+        let (listeners, udp) = ns
             .enter(|| -> io::Result<_> {
                 Ok((
-                    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?,
-                    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?,
+                    vec![
+                        TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?,
+                        ipv6_only_listener(port)?,
+                    ],
+                    vec![
+                        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?,
+                        ipv6_only_udp(port)?,
+                    ],
                 ))
             })
             .unwrap_or_else(|e| panic!("{identity}: bind port {port}: {e}"));
-        let (listener, udp) = (Arc::new(listener), Arc::new(udp));
+        let listeners: Vec<_> = listeners.into_iter().map(Arc::new).collect();
+        let udp: Vec<_> = udp.into_iter().map(Arc::new).collect();
         let connections = Arc::new(Mutex::new(Vec::new()));
-        let threads = vec![
-            {
-                let (listener, connections) = (Arc::clone(&listener), Arc::clone(&connections));
-                let identity = identity.to_owned();
-                ns.spawn(move || serve_tcp(&listener, &identity, &connections))
-            },
-            {
-                let (udp, identity) = (Arc::clone(&udp), identity.to_owned());
-                ns.spawn(move || serve_udp(&udp, &identity))
-            },
-        ];
+        let mut threads = Vec::new();
+        for listener in &listeners {
+            let (listener, connections) = (Arc::clone(listener), Arc::clone(&connections));
+            let identity = identity.to_owned();
+            threads.push(ns.spawn(move || serve_tcp(&listener, &identity, &connections)));
+        }
+        for socket in &udp {
+            let (socket, identity) = (Arc::clone(socket), identity.to_owned());
+            threads.push(ns.spawn(move || serve_udp(&socket, &identity)));
+        }
         EchoServer {
             port,
-            listener,
+            listeners,
             udp,
             connections,
             threads,
@@ -540,11 +671,33 @@ impl EchoServer {
     }
 }
 
+/// A TCP listener on `[::]:port` for IPv6 only (the IPv4 one has the port).
+fn ipv6_only_listener(port: u16) -> io::Result<TcpListener> {
+    let socket = ipv6_only_socket(socket2::Type::STREAM, port)?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
+/// A UDP socket on `[::]:port` for IPv6 only.
+fn ipv6_only_udp(port: u16) -> io::Result<UdpSocket> {
+    Ok(ipv6_only_socket(socket2::Type::DGRAM, port)?.into())
+}
+
+fn ipv6_only_socket(kind: socket2::Type, port: u16) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, kind, None)?;
+    socket.set_only_v6(true)?;
+    // As std's TcpListener::bind does.
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    Ok(socket)
+}
+
 impl Drop for EchoServer {
     fn drop(&mut self) {
         // shutdown() wakes a thread blocked in accept()/recv() on Linux.
-        for fd in [self.listener.as_raw_fd(), self.udp.as_raw_fd()] {
-            // SAFETY: `self` keeps both sockets open; shutdown() only changes
+        let listeners = self.listeners.iter().map(|l| l.as_raw_fd());
+        for fd in listeners.chain(self.udp.iter().map(|u| u.as_raw_fd())) {
+            // SAFETY: `self` keeps the sockets open; shutdown() only changes
             // their state.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
