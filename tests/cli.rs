@@ -1,5 +1,6 @@
-//! The command line and config file as the daemon consumes them: from arguments to the
-//! options a backend is built with, through the public API only.
+//! The command line and config file: from arguments to the options a backend is built
+//! with (through the public API), and the built binary as an operator runs it (`--help`,
+//! a bad config file, `render`, `apply` and `--cleanup` in a private network namespace).
 
 use std::io::Write;
 use std::time::Duration;
@@ -132,4 +133,105 @@ fn bad_input_is_an_error_not_a_panic() {
         assert_eq!(err.exit_code(), 1);
         assert!(!err.to_string().is_empty());
     }
+}
+
+// The built binary, as an operator runs it.
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-proxy");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/cluster.yaml");
+const EXAMPLE_FLAGS: &[&str] = &[
+    "--proxy-mode=nftables",
+    "--hostname-override=node-a",
+    "--cluster-cidr=10.244.0.0/16",
+];
+
+/// Runs `program args` under `timeout`, so that a hang fails the test instead of CI.
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .arg("60")
+        .arg(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_lists_upstream_flags() {
+    let out = run(BIN, &["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for flag in [
+        "--config",
+        "--proxy-mode",
+        "--hostname-override",
+        "--bind-address",
+        "--cluster-cidr",
+        "--detect-local-mode",
+        "--nodeport-addresses",
+        "--masquerade-all",
+        "--iptables-masquerade-bit",
+        "--iptables-sync-period",
+        "--iptables-min-sync-period",
+        "--ipvs-scheduler",
+        "--conntrack-max-per-core",
+        "--healthz-bind-address",
+        "--metrics-bind-address",
+        "--kubeconfig",
+        "--master",
+        "--cleanup",
+        "--write-config-to",
+        "--version",
+    ] {
+        assert!(help.contains(flag), "--help does not list {flag}");
+    }
+}
+
+#[test]
+fn a_typo_in_the_config_file_fails_at_start_naming_the_field() {
+    let file = config_file("mode: nftables\nnftables:\n  masqueradeBitt: 14\n");
+    let out = run(BIN, &["--config", &file.path().display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("nftables.masqueradeBitt"), "{stderr}");
+}
+
+#[test]
+fn render_of_the_bundled_example_is_accepted_by_nft() {
+    let out = run(BIN, &[&["render", "-f", EXAMPLE], EXAMPLE_FLAGS].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    for table in ["add table ip kube-proxy", "add table ip6 kube-proxy"] {
+        assert!(script.contains(table), "no {table:?} in:\n{script}");
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(script.as_bytes()).unwrap();
+    // A private network namespace: the check never looks at the host's rules.
+    let path = file.path().display().to_string();
+    let check = run("unshare", &["-n", "nft", "-c", "-f", &path]);
+    assert!(check.status.success(), "nft -c: {}", text(&check.stderr));
+}
+
+#[test]
+fn apply_twice_then_cleanup_in_a_private_namespace() {
+    let flags = EXAMPLE_FLAGS.join(" ");
+    // One shell in a namespace of its own: apply, apply again (nothing to send), clean up.
+    let script = format!(
+        "set -e
+        {BIN} apply -f {EXAMPLE} {flags}
+        nft list table ip kube-proxy >/dev/null
+        {BIN} apply -f {EXAMPLE} {flags} 2>&1 | grep -q 'applied=false'
+        {BIN} --cleanup
+        if nft list tables | grep -q kube-proxy; then echo 'tables left'; exit 1; fi"
+    );
+    let out = run("unshare", &["-n", "sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
