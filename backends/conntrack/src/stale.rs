@@ -137,24 +137,15 @@ mod tests {
         endpoints: Vec<Endpoint>,
     ) -> ServiceEntry {
         let frontend = sock(frontend);
+        let name = ServicePortName {
+            namespace: "ns".into(),
+            name: name.into(),
+            port: String::new(),
+            protocol: proto,
+        };
         let port = ServicePort {
-            name: ServicePortName {
-                namespace: "ns".into(),
-                name: name.into(),
-                port: String::new(),
-                protocol: proto,
-            },
-            family: IpFamily::of(&frontend.ip()),
-            cluster_ip: frontend.ip(),
-            port: frontend.port(),
             node_port,
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            load_balancer_source_ranges: Vec::new(),
-            session_affinity: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: 0,
+            ..ServicePort::new(name, frontend.ip(), frontend.port())
         };
         ServiceEntry::new(port, endpoints, &NodeInfo::default())
     }

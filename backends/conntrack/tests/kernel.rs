@@ -183,20 +183,7 @@ fn udp_service(name: &str, vip: &str, endpoint: &str) -> (ServicePortName, Arc<S
         port: String::new(),
         protocol: Protocol::Udp,
     };
-    let port = ServicePort {
-        name: name.clone(),
-        family: IpFamily::of(&vip.ip()),
-        cluster_ip: vip.ip(),
-        port: vip.port(),
-        node_port: 0,
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        load_balancer_source_ranges: Vec::new(),
-        session_affinity: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: 0,
-    };
+    let port = ServicePort::new(name.clone(), vip.ip(), vip.port());
     let endpoints = vec![Endpoint::ready(endpoint.ip(), endpoint.port(), true)];
     let entry = ServiceEntry::new(port, endpoints, &NodeInfo::default());
     (name, Arc::new(entry))

@@ -147,6 +147,26 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A port reachable only through its ClusterIP, with Cluster traffic policies and no
+    /// affinity: the common case, and the base that other shapes are built from
+    /// (`ServicePort { node_port: 30080, ..ServicePort::new(..) }`).
+    pub fn new(name: ServicePortName, cluster_ip: IpAddr, port: u16) -> Self {
+        ServicePort {
+            name,
+            family: IpFamily::of(&cluster_ip),
+            cluster_ip,
+            port,
+            node_port: 0,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            session_affinity: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: 0,
+        }
+    }
+
     /// True when the port can be reached other than through its ClusterIP (upstream's
     /// `ExternallyAccessible`).
     pub fn externally_accessible(&self) -> bool {

@@ -171,20 +171,7 @@ mod tests {
             port: String::new(),
             protocol: Protocol::Tcp,
         };
-        let port = ServicePort {
-            name: name.clone(),
-            family: IpFamily::V4,
-            cluster_ip: "10.96.0.1".parse().unwrap(),
-            port: 80,
-            node_port: 0,
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            load_balancer_source_ranges: Vec::new(),
-            session_affinity: None,
-            external_policy_local: false,
-            internal_policy_local: false,
-            health_check_node_port: 0,
-        };
+        let port = ServicePort::new(name.clone(), "10.96.0.1".parse().unwrap(), 80);
         let entry = ServiceEntry::new(port, Vec::new(), &NodeInfo::default());
         (name, Arc::new(entry))
     }

@@ -72,20 +72,7 @@ fn addr(family: IpFamily, n: u16) -> IpAddr {
 /// The entry of port `name` in `family` at `version`: the version changes the port number
 /// and the number of endpoints, so different versions are different entries.
 fn entry(family: IpFamily, name: &ServicePortName, version: u8) -> ServiceEntry {
-    let port = ServicePort {
-        name: name.clone(),
-        family,
-        cluster_ip: addr(family, 1),
-        port: 8000 + u16::from(version),
-        node_port: 0,
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        load_balancer_source_ranges: Vec::new(),
-        session_affinity: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: 0,
-    };
+    let port = ServicePort::new(name.clone(), addr(family, 1), 8000 + u16::from(version));
     let endpoints = (0..u16::from(version))
         .map(|i| Endpoint::ready(addr(family, 100 + i), 8080, i == 0))
         .collect();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kube_proxy_model::{
-    Backend, Changes, Endpoint, IpFamily, NodeInfo, Protocol, ProxyOptions, ProxyState,
-    ServiceEntry, ServicePort, ServicePortName,
+    Backend, Changes, Endpoint, NodeInfo, Protocol, ProxyOptions, ProxyState, ServiceEntry,
+    ServicePort, ServicePortName,
 };
 use kube_proxy_nftables::{
     ExecError, Family, NftExecutor, NftablesBackend, StaticAddresses, TableState, Transaction,
@@ -32,24 +32,15 @@ fn service(i: usize, endpoints: usize, node: &NodeInfo) -> Arc<ServiceEntry> {
     let cluster_ip = format!("172.{}.{}.{}", 16 + i / 65536, (i / 256) % 256, i % 256)
         .parse()
         .unwrap();
+    let name = ServicePortName {
+        namespace: "bench".into(),
+        name: format!("svc{i}"),
+        port: "http".into(),
+        protocol: Protocol::Tcp,
+    };
     let port = ServicePort {
-        name: ServicePortName {
-            namespace: "bench".into(),
-            name: format!("svc{i}"),
-            port: "http".into(),
-            protocol: Protocol::Tcp,
-        },
-        family: IpFamily::V4,
-        cluster_ip,
-        port: 80,
         node_port: 30000 + (i % 2000) as u16,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: 0,
+        ..ServicePort::new(name, cluster_ip, 80)
     };
     let eps = (0..endpoints)
         .map(|j| {

@@ -40,21 +40,7 @@ pub fn port(
     cluster_ip: &str,
     port: u16,
 ) -> ServicePort {
-    let cluster_ip = ip(cluster_ip);
-    ServicePort {
-        name: name(ns, svc, port_name, protocol),
-        family: IpFamily::of(&cluster_ip),
-        cluster_ip,
-        port,
-        node_port: 0,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: None,
-        external_policy_local: false,
-        internal_policy_local: false,
-        health_check_node_port: 0,
-    }
+    ServicePort::new(name(ns, svc, port_name, protocol), ip(cluster_ip), port)
 }
 
 pub fn ep(addr: &str, port: u16, local: bool) -> Endpoint {
