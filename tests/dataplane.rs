@@ -1251,7 +1251,9 @@ fn ipv6_only_service() {
 /// family) answers on both ClusterIPs and on the NodePort of both node IPs,
 /// each family from its own slice only. The slices name different pods
 /// (`b` only for IPv6) so that an endpoint leaking into the other family's
-/// rules shows. Emptying the IPv6 slice makes only IPv6 reject.
+/// rules shows. Emptying the IPv6 slice makes only IPv6 reject, open IPv6
+/// UDP flows included (their conntrack entries must go), while an open IPv4
+/// UDP flow keeps its endpoint.
 #[test]
 fn dual_stack_service_keeps_families_apart() {
     let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
@@ -1294,7 +1296,24 @@ fn dual_stack_service_keeps_families_apart() {
             cluster.reaches_masqueraded6(&v6_pods),
         ),
     ]);
+    let flows = [
+        cluster.udp_flow(pod, v4),
+        cluster.udp_flow(pod, v6),
+        cluster.udp_flow(Origin::Client6(CLIENT_IP6), np6),
+    ];
+    let exchange = || flows.each_ref().map(UdpFlow::exchange);
+    let before = exchange();
+    let what = "UDP flows [IPv4 ClusterIP, IPv6 ClusterIP, IPv6 NodePort]";
+    for (outcome, candidates) in before.iter().zip([&v4_pods, &v6_pods, &v6_pods]) {
+        let identity = &outcome.answer(what).identity;
+        assert!(
+            candidates.contains(&identity.as_str()),
+            "{what}: {identity} answered, expected one of {candidates:?}"
+        );
+    }
     cluster.apply(&[&dual(&[])]);
+    let after = [before[0].clone(), Outcome::Refused, Outcome::Refused];
+    assert_eq!(exchange(), after, "{what} after emptying the IPv6 slice");
     cluster.check(&ipv4_rows(&cluster));
     cluster.check(&[
         (pod, v6, Expect::Refused),
