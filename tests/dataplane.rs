@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use support::netns::{
     self, probe, Answer, Family, Netns, Outcome, Pod, Proto, TcpConversation, Topology, UdpFlow,
     CLIENT_IP, CLIENT_IP6, CLUSTER_CIDR, CLUSTER_CIDR6, LOCAL_POD_CIDR, LOCAL_POD_CIDR6, NODE_IP,
-    NODE_IP6, NODE_NAME, NODE_UPLINK_IP, NODE_UPLINK_IP6, OTHER_CLIENT_IP, POD_PORT,
-    REMOTE_NODE_IP, REMOTE_NODE_IP6, REMOTE_NODE_NAME, REMOTE_POD_CIDR, REMOTE_POD_CIDR6,
+    NODE_IP6, NODE_NAME, NODE_UPLINK_IP, NODE_UPLINK_IP6, OTHER_CLIENT_IP, OTHER_CLIENT_IP6,
+    POD_PORT, REMOTE_NODE_IP, REMOTE_NODE_IP6, REMOTE_NODE_NAME, REMOTE_POD_CIDR, REMOTE_POD_CIDR6,
 };
 
 /// Every service exposes this port, TCP and UDP, towards the pods' [`POD_PORT`].
@@ -42,7 +42,7 @@ enum Exposure {
     NodePort(u16),
     LoadBalancer {
         node_port: u16,
-        ingress: Ipv4Addr,
+        ingress: IpAddr,
         source_ranges: Vec<&'static str>,
     },
 }
@@ -161,10 +161,15 @@ impl Svc {
         self
     }
 
-    fn load_balancer(mut self, node_port: u16, ingress: Ipv4Addr, ranges: &[&'static str]) -> Svc {
+    fn load_balancer(
+        mut self,
+        node_port: u16,
+        ingress: impl Into<IpAddr>,
+        ranges: &[&'static str],
+    ) -> Svc {
         self.exposure = Exposure::LoadBalancer {
             node_port,
-            ingress,
+            ingress: ingress.into(),
             source_ranges: ranges.to_vec(),
         };
         self
@@ -244,7 +249,7 @@ impl Svc {
 
     fn load_balancer_addr(&self) -> SocketAddr {
         match self.exposure {
-            Exposure::LoadBalancer { ingress, .. } => SocketAddr::from((ingress, SERVICE_PORT)),
+            Exposure::LoadBalancer { ingress, .. } => SocketAddr::new(ingress, SERVICE_PORT),
             _ => panic!("{} is not a LoadBalancer", self.name),
         }
     }
@@ -632,6 +637,26 @@ impl Cluster {
             );
         }
         self.selection.check(&what, &outcomes, expected);
+    }
+
+    /// Every one of 30 new flows per protocol from `origin` lands on the same
+    /// one of `candidates`.
+    fn expect_sticky(&self, origin: Origin, target: SocketAddr, candidates: &[Answer]) {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let flows = (origin, proto, target);
+            let outcomes = self.send(flows, 30, |outcome| matches!(outcome, Outcome::Answered(_)));
+            let first = outcomes[0].answer("first request");
+            assert!(
+                candidates.contains(first),
+                "{proto:?} {origin:?} -> {target}: {first:?} is no endpoint"
+            );
+            let tally = tally(&outcomes);
+            assert_eq!(
+                tally.len(),
+                1,
+                "{proto:?} {origin:?} -> {target} did not stick: {tally:?}"
+            );
+        }
     }
 
     /// One request gets `expected` (Refused or TimedOut).
@@ -1319,4 +1344,52 @@ fn dual_stack_service_keeps_families_apart() {
         (pod, v6, Expect::Refused),
         (Origin::Client6(CLIENT_IP6), np6, Expect::Refused),
     ]);
+}
+
+/// The IPv6 side of policies whose nft sets and matches are per family:
+/// `externalTrafficPolicy: Local` keeps the external client's IPv6 source
+/// and serves only local endpoints; IPv6 `loadBalancerSourceRanges` drop
+/// other sources at the IPv6 load-balancer IP only; `ClientIP` affinity
+/// sticks by IPv6 source, from a pod and from the node.
+#[test]
+fn ipv6_local_policy_source_ranges_and_affinity() {
+    let mut cluster = Cluster::new(&["a", "b", "client"], &["r"]);
+    let ingress = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x20);
+    let allowed_range = "2001:db8:1::2/128";
+    let local = Svc::new_ipv6("local6", 20, &["a", "r"])
+        .load_balancer(30093, ingress, &[allowed_range])
+        .external_traffic_local();
+    let endpoints = ["a", "b", "r"];
+    let sticky = Svc::new_ipv6("sticky6", 21, &endpoints).client_ip_affinity();
+    cluster.apply(&[&local, &sticky]);
+    let (allowed, denied) = (
+        Origin::Client6(CLIENT_IP6),
+        Origin::Client6(OTHER_CLIENT_IP6),
+    );
+    let (pod, pod_ip) = (Origin::Pod("client"), cluster.pod_ip6("client"));
+    cluster.check(&[
+        (
+            allowed,
+            local.load_balancer_addr(),
+            reaches(&["a"], CLIENT_IP6),
+        ),
+        (denied, local.load_balancer_addr(), Expect::Dropped),
+        (
+            denied,
+            local.node_port_addr(),
+            reaches(&["a"], OTHER_CLIENT_IP6),
+        ),
+        (pod, local.cluster_addr(), reaches(&["a", "r"], pod_ip)),
+    ]);
+    let towards = |pod| cluster.topology.node_address_towards_in(pod, Family::V6);
+    cluster.expect_sticky(
+        pod,
+        sticky.cluster_addr(),
+        &endpoints.map(|pod| answer(pod, pod_ip)),
+    );
+    cluster.expect_sticky(
+        Origin::Node,
+        sticky.cluster_addr(),
+        &endpoints.map(|pod| answer(pod, towards(pod))),
+    );
 }

@@ -21,6 +21,7 @@
 //!
 //! ```text
 //!  client                      node                                  remote
+//!  2001:db8:2::3 (lo)
 //!  eth0 2001:db8:1::2 ──────── eth1 2001:db8:1::1  eth0 2001:db8::10 ── eth0 2001:db8::11
 //!                                                  cbr0 fd00:10:244:1::1  cbr0 fd00:10:244:2::1
 //!                                              local pods fd00:10:244:1::2, ::3 ...
@@ -77,8 +78,10 @@ pub const POD_PORT: u16 = 8080;
 pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 pub const REMOTE_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11);
 pub const NODE_UPLINK_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
-/// The external client's IPv6 source: its address on the link to the node.
+/// The external client's IPv6 sources: its address on the link to the node
+/// (its default), and one on its loopback.
 pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const OTHER_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 3);
 pub const LOCAL_POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 1);
 const REMOTE_POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 1);
 pub const LOCAL_POD_CIDR6: &str = "fd00:10:244:1::/64";
@@ -447,7 +450,9 @@ fn wire_client(node: &Netns, client: &Netns) {
     // Node-local connect() to a ClusterIP needs some route before the nat
     // output hook ever sees the packet; upstream nodes have a default route.
     node.ip(&format!("route add {SERVICE_CIDR} via {CLIENT_LINK_IP}"));
+    add_ip6(client, "lo", OTHER_CLIENT_IP6, 128);
     client.ip(&format!("-6 route add default via {NODE_UPLINK_IP6}"));
+    node.ip(&format!("-6 route add 2001:db8:2::/64 via {CLIENT_IP6}"));
     node.ip(&format!("-6 route add {SERVICE_CIDR6} via {CLIENT_IP6}"));
 }
 
