@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context as _, Result};
 use kube_proxy_model::{Backend, Changes, ProxyOptions, ProxyState, SyncReport};
@@ -15,6 +17,8 @@ use tokio::time::Instant;
 use crate::builder::ModelBuilder;
 use crate::cli::Invocation;
 use crate::config::{KubeProxyConfiguration, LocalMode, ProxyMode};
+use crate::health::{self, HealthState, SharedHealth};
+use crate::metrics::{self, Metrics, NoLocalEndpoints};
 use crate::runner::SyncRunner;
 use crate::sources::{apiserver, manifest};
 
@@ -141,15 +145,26 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     // Said loudly because load balancers probe these: a LoadBalancer Service with
     // externalTrafficPolicy Local gets no healthy nodes until they exist.
     tracing::warn!(
-        "not implemented yet: the healthz and metrics servers and the health-check node \
-         ports of externalTrafficPolicy: Local Services (healthzBindAddress, \
-         metricsBindAddress and healthCheckNodePort are accepted but not served)"
+        "not implemented yet: the health-check node ports of externalTrafficPolicy: Local \
+         Services (healthCheckNodePort is accepted but not served)"
     );
+    // Upstream's healthTimeout: a queued update may wait two periodic syncs.
+    let health = Arc::new(Mutex::new(HealthState::new(2 * config.sync_period())));
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.healthz_addr()? {
+        health::serve(addr, health.clone(), metrics.clone()).await?;
+    }
+    if let Some(addr) = config.metrics_addr()? {
+        let configz = serde_json::to_value(config).context("encoding the configuration")?;
+        metrics::serve(addr, metrics.clone(), mode.as_str(), configz).await?;
+    }
     let mut proxy = Proxy {
         inv,
         builder: new_builder(config)?,
         runner: SyncRunner::new(config.min_sync_period(), config.sync_period()),
         backend: None,
+        health,
+        metrics,
     };
     proxy.run(rx).await
 }
@@ -162,6 +177,9 @@ struct Proxy<'a> {
     /// Created at the first sync, when the Node's podCIDRs are known; rebuilt when the
     /// options it depends on change.
     backend: Option<(ProxyOptions, Box<dyn Backend>)>,
+    /// What `/healthz` and `/livez` report.
+    health: SharedHealth,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy<'_> {
@@ -176,10 +194,14 @@ impl Proxy<'_> {
                     // Fold in what is already queued before deciding anything, but at most
                     // one buffer's worth, so that sustained churn cannot starve the syncs.
                     let queued = std::iter::from_fn(|| rx.try_recv().ok()).take(EVENT_BUFFER);
-                    self.builder.handle_all(std::iter::once(ev).chain(queued));
+                    let metrics = &self.metrics;
+                    let batch = std::iter::once(ev).chain(queued).inspect(|ev| metrics.saw(ev));
+                    self.builder.handle_all(batch);
                     if self.builder.tracker().has_changes() {
                         self.runner.request();
+                        self.queued(SystemTime::now());
                     }
+                    health::lock(&self.health).set_node_eligible(self.builder.node_eligible());
                 }
                 _ = tokio::time::sleep_until(due) => self.sync(),
                 _ = terminate.recv() => break,
@@ -200,10 +222,18 @@ impl Proxy<'_> {
         }
     }
 
+    /// Records that changes await a sync, for the health check and the metrics.
+    fn queued(&self, now: SystemTime) {
+        health::lock(&self.health).queued_update(now);
+        self.metrics.queued(now);
+    }
+
     fn sync(&mut self) {
         let full = self.runner.start(Instant::now());
         let (state, mut changes) = self.builder.take_changes();
         changes.full |= full;
+        self.metrics.changes_taken();
+        let started = std::time::Instant::now();
         let result = self.sync_state(&state, &mut changes);
         if let Err(e) = &result {
             tracing::error!(
@@ -212,6 +242,13 @@ impl Proxy<'_> {
             );
         }
         let full = changes.full || result.as_ref().is_ok_and(|report| report.full);
+        self.metrics.sync_took(started.elapsed(), full);
+        if result.is_ok() {
+            let now = SystemTime::now();
+            let no_local = NoLocalEndpoints::of(&state);
+            self.metrics.synced(now, &changes.trigger_times, no_local);
+            health::lock(&self.health).synced(now);
+        }
         self.runner.finish(Instant::now(), full, result.is_ok());
     }
 
@@ -230,7 +267,8 @@ impl Proxy<'_> {
         }
         let (_, backend) = self.backend.as_mut().expect("backend was just set");
         let started = std::time::Instant::now();
-        let report = tokio::task::block_in_place(|| backend.sync(state, changes))?;
+        let report = tokio::task::block_in_place(|| backend.sync(state, changes))
+            .inspect_err(|_| self.metrics.nftables_sync_failed())?;
         tokio::task::block_in_place(|| clean_stale_flows(state));
         // Upstream logs every sync only at -v=2; one that changed the kernel is worth more.
         let elapsed_ms = started.elapsed().as_millis() as u64;

@@ -111,6 +111,13 @@ impl ModelBuilder {
             .all(|kind| self.listed.contains(kind))
     }
 
+    /// Whether load balancers may send traffic to this node (upstream's `NodeEligible`):
+    /// true unless our Node is being deleted. Without a Node object, as while upstream
+    /// starts up, the node counts as eligible.
+    pub fn node_eligible(&self) -> bool {
+        !self.node.as_ref().is_some_and(|n| n.to_be_deleted)
+    }
+
     /// The current model.
     pub fn state(&self) -> &ProxyState {
         self.tracker.state()
@@ -904,6 +911,29 @@ mod tests {
             ["10.0.0.1:8080", "10.0.0.2:8080"],
             "no zone: no topology"
         );
+    }
+
+    #[test]
+    fn node_eligibility_follows_our_node_only_and_does_not_force_a_full_sync() {
+        let mut b = synced(vec![node("node-a", None, &["192.0.2.1"])]);
+        assert!(b.node_eligible());
+        let tainted = |name: &str| {
+            Object::Node(from(json!({
+                "metadata": {"name": name},
+                "spec": {"taints": [{"key": convert::TAINT_TO_BE_DELETED, "effect": "NoSchedule"}]},
+                "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]},
+            })))
+        };
+        b.handle(SourceEvent::Applied(tainted("node-b")));
+        assert!(b.node_eligible(), "another node's taint is not ours");
+        b.handle(SourceEvent::Applied(tainted("node-a")));
+        assert!(!b.node_eligible());
+        assert!(
+            !b.take_changes().1.full,
+            "eligibility is not a rules change"
+        );
+        b.handle(SourceEvent::Applied(node("node-a", None, &["192.0.2.1"])));
+        assert!(b.node_eligible(), "the taint was removed");
     }
 
     #[test]

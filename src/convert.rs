@@ -760,7 +760,13 @@ pub struct NodeFacts {
     pub ips: Vec<IpAddr>,
     /// `spec.podCIDRs`, else `spec.podCIDR`.
     pub pod_cidrs: Vec<IpNet>,
+    /// The Node is going away: it has a deletionTimestamp or the cluster autoscaler's
+    /// `ToBeDeletedByClusterAutoscaler` taint, so `/healthz` turns load balancers away.
+    pub to_be_deleted: bool,
 }
+
+/// The taint the cluster autoscaler puts on a Node it is about to delete.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// The facts the proxy needs from a Node.
 pub fn node_facts(node: &Node) -> Converted<NodeFacts> {
@@ -786,10 +792,14 @@ pub fn node_facts(node: &Node) -> Converted<NodeFacts> {
         ),
     };
     let pod_cidrs = parse_cidrs(raw, field, &mut problems);
+    let tainted = spec
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|taints| taints.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
     problems.finish(NodeFacts {
         zone,
         ips,
         pod_cidrs,
+        to_be_deleted: node.metadata.deletion_timestamp.is_some() || tainted,
     })
 }
 
@@ -1459,6 +1469,23 @@ mod tests {
             facts.pod_cidrs,
             [net("fd00:10:244::/64"), net("10.244.0.0/24")]
         );
+    }
+
+    #[test]
+    fn node_to_be_deleted_by_deletion_timestamp_or_autoscaler_taint() {
+        let plain = node(
+            json!([]),
+            json!({"taints": [{"key": "other", "effect": "NoSchedule"}]}),
+        );
+        assert!(!node_facts(&plain).log().to_be_deleted);
+        let tainted = node(
+            json!([]),
+            json!({"taints": [{"key": TAINT_TO_BE_DELETED, "effect": "NoSchedule"}]}),
+        );
+        assert!(node_facts(&tainted).log().to_be_deleted);
+        let mut deleting = node(json!([]), json!({}));
+        deleting.metadata.deletion_timestamp = from(json!("2026-01-01T00:00:00Z"));
+        assert!(node_facts(&deleting).log().to_be_deleted);
     }
 
     #[test]

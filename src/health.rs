@@ -1,0 +1,340 @@
+//! The proxy health server (`healthzBindAddress`, default `0.0.0.0:10256`), as upstream's
+//! `ProxyHealthServer`: `/healthz` and `/livez`, JSON bodies, 200 or 503.
+//!
+//! * Once a sync has succeeded, the proxy is unhealthy when an update has been queued and
+//!   no successful sync followed within the health timeout (2 × `syncPeriod`). Before the
+//!   first successful sync it is healthy: it is starting up.
+//! * `/healthz` is also unhealthy while our Node is being deleted (deletionTimestamp or the
+//!   cluster autoscaler's taint), so that load balancers drain the node; `/livez` ignores
+//!   that, so that the kubelet does not restart a proxy that is fine.
+//!
+//! Both IP families are programmed by one sync here, so they share one state; the JSON
+//! still reports each under `status`, as upstream's dual-stack proxy does.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use crate::metrics::{Metrics, Probe};
+
+/// Go's zero `time.Time`, which upstream reports as `lastUpdated` before any sync.
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// The clock-driven health state; every method takes the current time.
+#[derive(Debug, Clone)]
+pub struct HealthState {
+    timeout: Duration,
+    last_updated: Option<SystemTime>,
+    /// When the oldest update not yet synced was queued.
+    oldest_queued: Option<SystemTime>,
+    node_eligible: bool,
+}
+
+/// One family's part of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxierHealth {
+    #[serde(rename = "lastUpdated")]
+    pub last_updated: String,
+    pub healthy: bool,
+}
+
+/// The JSON body of `/healthz` and `/livez`, field for field upstream's `ProxyHealth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyHealth {
+    #[serde(rename = "lastUpdated")]
+    pub last_updated: String,
+    #[serde(rename = "currentTime")]
+    pub current_time: String,
+    /// Only in `/healthz` answers.
+    #[serde(rename = "nodeEligible", skip_serializing_if = "Option::is_none")]
+    pub node_eligible: Option<bool>,
+    pub healthy: bool,
+    /// By family (`IPv4`, `IPv6`); absent before the first successful sync.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub status: BTreeMap<&'static str, ProxierHealth>,
+}
+
+/// RFC 3339 with only the fractional digits needed, as Go's `time.Time` marshals.
+fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t).map_or_else(|_| ZERO_TIME.to_owned(), |ts| ts.to_string())
+}
+
+impl HealthState {
+    /// A starting proxy: healthy, its node eligible, unhealthy once an update stays
+    /// unsynced for `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        HealthState {
+            timeout,
+            last_updated: None,
+            oldest_queued: None,
+            node_eligible: true,
+        }
+    }
+
+    /// Changes arrived that need a sync; the oldest such instant counts.
+    pub fn queued_update(&mut self, now: SystemTime) {
+        self.oldest_queued.get_or_insert(now);
+    }
+
+    /// A sync succeeded: every queued update is programmed.
+    pub fn synced(&mut self, now: SystemTime) {
+        self.oldest_queued = None;
+        self.last_updated = Some(now);
+    }
+
+    /// Whether our Node may receive load-balancer traffic (see [`crate::builder::ModelBuilder::node_eligible`]).
+    pub fn set_node_eligible(&mut self, eligible: bool) {
+        self.node_eligible = eligible;
+    }
+
+    /// The proxy's own health at `now`, ignoring the Node.
+    fn proxier_healthy(&self, now: SystemTime) -> bool {
+        // Upstream judges only proxiers that synced once: a starting proxy is healthy.
+        let (Some(_), Some(queued)) = (self.last_updated, self.oldest_queued) else {
+            return true;
+        };
+        now.duration_since(queued).unwrap_or_default() < self.timeout
+    }
+
+    /// The answer to `probe` at `now`: its status code and body.
+    pub fn answer(&self, probe: Probe, now: SystemTime) -> (u16, ProxyHealth) {
+        let proxier_healthy = self.proxier_healthy(now);
+        let node_eligible = (probe == Probe::Healthz).then_some(self.node_eligible);
+        let healthy = proxier_healthy && node_eligible != Some(false);
+        let last_updated = self
+            .last_updated
+            .map_or_else(|| ZERO_TIME.to_owned(), rfc3339);
+        let status = self
+            .last_updated
+            .map(|_| {
+                let family = ProxierHealth {
+                    last_updated: last_updated.clone(),
+                    healthy: proxier_healthy,
+                };
+                [("IPv4", family.clone()), ("IPv6", family)].into()
+            })
+            .unwrap_or_default();
+        let current_time = rfc3339(now);
+        let body = ProxyHealth {
+            // As upstream, for compatibility with older releases: "recent" when healthy.
+            last_updated: if healthy {
+                current_time.clone()
+            } else {
+                last_updated
+            },
+            current_time,
+            node_eligible,
+            healthy: proxier_healthy,
+            status,
+        };
+        (if healthy { 200 } else { 503 }, body)
+    }
+}
+
+/// The health state shared by the sync loop and the server.
+pub type SharedHealth = Arc<Mutex<HealthState>>;
+
+/// Locks `health`; a panic elsewhere while holding it must not stop health reporting.
+pub fn lock(health: &SharedHealth) -> std::sync::MutexGuard<'_, HealthState> {
+    health.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Binds the health server on `addr` and serves `/healthz` and `/livez` in the background,
+/// counting answers in `kubeproxy_proxy_{healthz,livez}_total`.
+pub async fn serve(addr: SocketAddr, health: SharedHealth, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to start proxy healthz on {addr}"))?;
+    tracing::info!(address = %addr, "serving healthz");
+    spawn_http(listener, move |path| {
+        let probe = match path {
+            "/healthz" => Probe::Healthz,
+            "/livez" => Probe::Livez,
+            _ => return Reply::not_found(),
+        };
+        let (code, body) = lock(&health).answer(probe, SystemTime::now());
+        metrics.probed(probe, code);
+        let json = serde_json::to_string(&body).expect("health bodies serialize");
+        Reply {
+            code,
+            content_type: "application/json",
+            body: json,
+        }
+    });
+    Ok(())
+}
+
+/// What a route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    /// 200 with `body`.
+    pub fn ok(content_type: &'static str, body: String) -> Self {
+        Reply {
+            code: 200,
+            content_type,
+            body,
+        }
+    }
+
+    /// 404, as Go's mux for an unknown path.
+    pub fn not_found() -> Self {
+        Reply {
+            code: 404,
+            content_type: "text/plain; charset=utf-8",
+            body: "404 page not found\n".to_owned(),
+        }
+    }
+
+    fn into_response(self) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() = http::StatusCode::from_u16(self.code)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(self.content_type),
+        );
+        headers.insert(
+            "x-content-type-options",
+            http::HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
+}
+
+/// Serves HTTP/1 on `listener` until the process exits, answering every request by its
+/// path through `route`. A failing connection or accept is logged, never fatal.
+pub fn spawn_http(
+    listener: tokio::net::TcpListener,
+    route: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) {
+    let route = Arc::new(route);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let route = route.clone();
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let reply = route(req.uri().path());
+                    async move { Ok::<_, Infallible>(reply.into_response()) }
+                });
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP connection failed");
+                }
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn starting_proxy_is_healthy_even_with_an_old_queued_update() {
+        let mut h = HealthState::new(TIMEOUT);
+        h.queued_update(at(0));
+        let (code, body) = h.answer(Probe::Healthz, at(600));
+        assert_eq!(code, 200);
+        assert!(body.healthy);
+        assert_eq!(body.node_eligible, Some(true));
+        assert!(body.status.is_empty(), "no family has synced yet");
+        assert_eq!(
+            body.last_updated, body.current_time,
+            "healthy: lastUpdated is now"
+        );
+    }
+
+    #[test]
+    fn unhealthy_once_a_queued_update_waits_for_the_timeout() {
+        let mut h = HealthState::new(TIMEOUT);
+        h.synced(at(0));
+        h.queued_update(at(10));
+        h.queued_update(at(50)); // the oldest one counts
+        assert_eq!(h.answer(Probe::Livez, at(69)).0, 200);
+        let (code, body) = h.answer(Probe::Livez, at(70));
+        assert_eq!(code, 503);
+        assert!(!body.healthy);
+        assert_eq!(body.last_updated, "2023-11-14T22:13:20Z", "the last sync");
+        assert!(body.status.values().all(|s| !s.healthy));
+        assert_eq!(h.answer(Probe::Healthz, at(70)).0, 503);
+
+        h.synced(at(71));
+        assert_eq!(h.answer(Probe::Livez, at(71)).0, 200);
+        assert_eq!(
+            h.answer(Probe::Livez, at(1000)).0,
+            200,
+            "nothing queued: never late"
+        );
+    }
+
+    #[test]
+    fn node_being_deleted_fails_healthz_but_not_livez() {
+        let mut h = HealthState::new(TIMEOUT);
+        h.synced(at(0));
+        h.set_node_eligible(false);
+        let (code, body) = h.answer(Probe::Healthz, at(1));
+        assert_eq!(code, 503);
+        assert_eq!(body.node_eligible, Some(false));
+        assert!(body.healthy, "the proxy itself is fine");
+        let (code, body) = h.answer(Probe::Livez, at(1));
+        assert_eq!(code, 200);
+        assert_eq!(body.node_eligible, None);
+    }
+
+    #[test]
+    fn json_has_upstreams_fields() {
+        let mut h = HealthState::new(TIMEOUT);
+        h.synced(at(0));
+        let now = at(5) + Duration::from_millis(250);
+        let (_, body) = h.answer(Probe::Healthz, now);
+        let json: serde_json::Value = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "lastUpdated": "2023-11-14T22:13:25.25Z",
+                "currentTime": "2023-11-14T22:13:25.25Z",
+                "nodeEligible": true,
+                "healthy": true,
+                "status": {
+                    "IPv4": {"lastUpdated": "2023-11-14T22:13:20Z", "healthy": true},
+                    "IPv6": {"lastUpdated": "2023-11-14T22:13:20Z", "healthy": true},
+                },
+            })
+        );
+        let (_, fresh) = HealthState::new(TIMEOUT).answer(Probe::Livez, now);
+        let json = serde_json::to_value(&fresh).unwrap();
+        assert!(json.get("status").is_none() && json.get("nodeEligible").is_none());
+    }
+}

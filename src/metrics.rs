@@ -1,0 +1,542 @@
+//! Upstream's kube-proxy metrics (`pkg/proxy/metrics`), same names, help texts and buckets,
+//! in the Prometheus text format, and the metrics server (`metricsBindAddress`) that serves
+//! them with `/proxyMode` and `/configz`, as upstream's `serveMetrics`.
+//!
+//! Hand-rolled: a dozen fixed metrics need one mutex and a text encoder, not a registry
+//! crate with its own dependency tree.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result};
+use kube_proxy_model::{IpFamily, ProxyState};
+
+use crate::health::{self, Reply};
+use crate::sources::{Kind, SourceEvent};
+
+/// `metrics.ExponentialBuckets(0.001, 2, 15)`: 1 ms to 16.384 s.
+fn sync_buckets() -> Vec<f64> {
+    std::iter::successors(Some(0.001_f64), |b| Some(b * 2.0))
+        .take(15)
+        .collect()
+}
+
+/// Network programming latency buckets: 0.25 s, 0.5 s, 1..59 s, 60..115 s, 120..300 s.
+fn network_programming_buckets() -> Vec<f64> {
+    let linear =
+        |start: f64, width: f64, count: u32| (0..count).map(move |i| start + width * f64::from(i));
+    linear(0.25, 0.25, 2)
+        .chain(linear(1.0, 1.0, 59))
+        .chain(linear(60.0, 5.0, 12))
+        .chain(linear(120.0, 30.0, 7))
+        .collect()
+}
+
+/// A Prometheus histogram: per-bucket counts (not cumulative), sum and count.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: Vec<f64>) -> Self {
+        let counts = vec![0; bounds.len()];
+        Histogram {
+            bounds,
+            counts,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|le| value <= *le) {
+            self.counts[i] += 1;
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
+/// Which health endpoint answered a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    Healthz,
+    Livez,
+}
+
+/// The metric values, behind [`Metrics`]' mutex.
+#[derive(Debug)]
+struct Values {
+    sync: Histogram,
+    sync_full: Histogram,
+    sync_partial: Histogram,
+    network_programming: Histogram,
+    last_synced: f64,
+    last_queued: f64,
+    endpoint_changes_pending: u64,
+    endpoint_changes_total: u64,
+    service_changes_pending: u64,
+    service_changes_total: u64,
+    no_local_endpoints: NoLocalEndpoints,
+    nftables_sync_failures: u64,
+    healthz: BTreeMap<u16, u64>,
+    livez: BTreeMap<u16, u64>,
+}
+
+/// Service ports with a Local traffic policy and no local endpoint, while they do have
+/// endpoints elsewhere (those without any endpoint reject instead), per policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoLocalEndpoints {
+    /// `internalTrafficPolicy: Local`: traffic to the ClusterIP is dropped.
+    pub internal: u64,
+    /// `externalTrafficPolicy: Local`: traffic from outside the cluster is dropped.
+    pub external: u64,
+}
+
+impl NoLocalEndpoints {
+    /// Counts the service ports of both families in `state`, as upstream's sync does.
+    pub fn of(state: &ProxyState) -> Self {
+        let mut counts = NoLocalEndpoints::default();
+        for family in IpFamily::ALL {
+            for entry in state.services(family).values() {
+                let eps = &entry.categorized;
+                if eps.all_reachable.is_empty() || !eps.local.is_empty() {
+                    continue;
+                }
+                counts.internal += u64::from(entry.port.internal_policy_local);
+                counts.external += u64::from(entry.port.external_policy_local);
+            }
+        }
+        counts
+    }
+}
+
+/// kube-proxy's metrics, shared by the sync loop and the HTTP servers.
+#[derive(Debug)]
+pub struct Metrics(Mutex<Values>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics(Mutex::new(Values {
+            sync: Histogram::new(sync_buckets()),
+            sync_full: Histogram::new(sync_buckets()),
+            sync_partial: Histogram::new(sync_buckets()),
+            network_programming: Histogram::new(network_programming_buckets()),
+            last_synced: 0.0,
+            last_queued: 0.0,
+            endpoint_changes_pending: 0,
+            endpoint_changes_total: 0,
+            service_changes_pending: 0,
+            service_changes_total: 0,
+            no_local_endpoints: NoLocalEndpoints::default(),
+            nftables_sync_failures: 0,
+            healthz: BTreeMap::new(),
+            livez: BTreeMap::new(),
+        }))
+    }
+}
+
+/// Seconds since the epoch, as Go's `SetToCurrentTime`; 0 before 1970.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Metrics {
+    /// A metrics panic elsewhere must not take the sync loop down with it.
+    fn values(&self) -> std::sync::MutexGuard<'_, Values> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts the Service and EndpointSlice changes in `ev` (each object of a relist is one).
+    pub fn saw(&self, ev: &SourceEvent) {
+        let (kind, n) = match ev {
+            SourceEvent::Applied(obj) | SourceEvent::Deleted(obj) => (obj.kind(), 1),
+            SourceEvent::Listed(kind, objects) => (
+                *kind,
+                objects.iter().filter(|o| o.kind() == *kind).count() as u64,
+            ),
+        };
+        let mut v = self.values();
+        match kind {
+            Kind::Service => {
+                v.service_changes_total += n;
+                v.service_changes_pending += n;
+            }
+            Kind::EndpointSlice => {
+                v.endpoint_changes_total += n;
+                v.endpoint_changes_pending += n;
+            }
+            Kind::Node | Kind::ServiceCidr => {}
+        }
+    }
+
+    /// A sync was requested at `now`.
+    pub fn queued(&self, now: SystemTime) {
+        self.values().last_queued = unix_seconds(now);
+    }
+
+    /// A sync took the pending changes.
+    pub fn changes_taken(&self) {
+        let mut v = self.values();
+        v.endpoint_changes_pending = 0;
+        v.service_changes_pending = 0;
+    }
+
+    /// A sync (successful or not) took `elapsed`.
+    pub fn sync_took(&self, elapsed: Duration, full: bool) {
+        let mut v = self.values();
+        let secs = elapsed.as_secs_f64();
+        v.sync.observe(secs);
+        if full {
+            v.sync_full.observe(secs)
+        } else {
+            v.sync_partial.observe(secs)
+        }
+    }
+
+    /// A sync succeeded at `now`, programming the EndpointSlice changes made at `triggers`.
+    pub fn synced(&self, now: SystemTime, triggers: &[SystemTime], no_local: NoLocalEndpoints) {
+        let mut v = self.values();
+        v.last_synced = unix_seconds(now);
+        v.no_local_endpoints = no_local;
+        for t in triggers {
+            // A trigger time ahead of our clock (skew with the controller) is not latency.
+            if let Ok(latency) = now.duration_since(*t) {
+                v.network_programming.observe(latency.as_secs_f64());
+            }
+        }
+    }
+
+    /// The nftables transaction of a sync failed.
+    pub fn nftables_sync_failed(&self) {
+        self.values().nftables_sync_failures += 1;
+    }
+
+    /// A health probe was answered with `code`.
+    pub fn probed(&self, probe: Probe, code: u16) {
+        let mut v = self.values();
+        let counts = match probe {
+            Probe::Healthz => &mut v.healthz,
+            Probe::Livez => &mut v.livez,
+        };
+        *counts.entry(code).or_default() += 1;
+    }
+
+    /// Everything in the Prometheus text exposition format (0.0.4).
+    pub fn encode(&self) -> String {
+        let v = self.values();
+        let mut out = Encoder(String::new());
+        out.histogram(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            &v.sync,
+        );
+        out.histogram(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            &v.sync_full,
+        );
+        out.histogram(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            &v.sync_partial,
+        );
+        out.histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            &v.network_programming,
+        );
+        let gauge = |out: &mut Encoder, name, help, value: f64| {
+            out.series(name, help, "gauge", "", &[(String::new(), value)])
+        };
+        let counter = |out: &mut Encoder, name, help, value: u64| {
+            out.series(name, help, "counter", "", &[(String::new(), value as f64)])
+        };
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            v.last_synced,
+        );
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            v.last_queued,
+        );
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            v.endpoint_changes_pending as f64,
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "Cumulative proxy rules Endpoint changes",
+            v.endpoint_changes_total,
+        );
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            v.service_changes_pending as f64,
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Cumulative proxy rules Service changes",
+            v.service_changes_total,
+        );
+        out.series(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            "gauge",
+            "traffic_policy",
+            &[
+                ("external".to_owned(), v.no_local_endpoints.external as f64),
+                ("internal".to_owned(), v.no_local_endpoints.internal as f64),
+            ],
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "Cumulative proxy nftables sync failures",
+            v.nftables_sync_failures,
+        );
+        let by_code = |counts: &BTreeMap<u16, u64>| -> Vec<(String, f64)> {
+            counts
+                .iter()
+                .map(|(code, n)| (code.to_string(), *n as f64))
+                .collect()
+        };
+        out.series(
+            "kubeproxy_proxy_healthz_total",
+            "Cumulative proxy healthz HTTP status",
+            "counter",
+            "code",
+            &by_code(&v.healthz),
+        );
+        out.series(
+            "kubeproxy_proxy_livez_total",
+            "Cumulative proxy livez HTTP status",
+            "counter",
+            "code",
+            &by_code(&v.livez),
+        );
+        out.0
+    }
+}
+
+/// Writes metric families in the text format.
+struct Encoder(String);
+
+impl Encoder {
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A family of one sample per `(label value, value)`; `label` empty means no label.
+    /// A labelled family with no samples yet prints nothing, as client_golang's vectors.
+    fn series(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        label: &str,
+        samples: &[(String, f64)],
+    ) {
+        if samples.is_empty() {
+            return;
+        }
+        self.header(name, help, kind);
+        for (label_value, value) in samples {
+            if label.is_empty() {
+                let _ = writeln!(self.0, "{name} {value}");
+            } else {
+                let _ = writeln!(self.0, "{name}{{{label}=\"{label_value}\"}} {value}");
+            }
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.header(name, help, "histogram");
+        let mut cumulative = 0;
+        for (le, n) in h.bounds.iter().zip(&h.counts) {
+            cumulative += n;
+            let _ = writeln!(self.0, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            self.0,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            h.count, h.sum, h.count
+        );
+    }
+}
+
+/// Binds the metrics server on `addr` and serves `/metrics`, `/proxyMode` (the mode's
+/// name), `/configz` (`config`, the effective configuration, under upstream's
+/// `kubeproxy.config.k8s.io` key) and `/healthz` (a plain `ok`) in the background.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    mode: &'static str,
+    config: serde_json::Value,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("starting metrics server failed: listen tcp {addr}"))?;
+    let configz = serde_json::json!({ "kubeproxy.config.k8s.io": config }).to_string();
+    tracing::info!(address = %addr, "serving metrics");
+    health::spawn_http(listener, move |path| match path {
+        "/metrics" => Reply::ok("text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
+        "/proxyMode" => Reply::ok("text/plain; charset=utf-8", mode.to_owned()),
+        "/configz" => Reply::ok("application/json", configz.clone()),
+        "/healthz" => Reply::ok("text/plain; charset=utf-8", "ok".to_owned()),
+        _ => Reply::not_found(),
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Object;
+
+    /// The samples of `text` whose line starts with `prefix`.
+    fn lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
+    #[test]
+    fn buckets_are_upstreams() {
+        let sync = sync_buckets();
+        assert_eq!(sync.len(), 15);
+        assert_eq!((sync[0], sync[14]), (0.001, 16.384));
+        let np = network_programming_buckets();
+        assert_eq!(np.len(), 2 + 59 + 12 + 7);
+        assert_eq!(&np[..4], [0.25, 0.5, 1.0, 2.0]);
+        assert_eq!(&np[np.len() - 2..], [270.0, 300.0]);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_inf_sum_and_count() {
+        let m = Metrics::default();
+        m.sync_took(Duration::from_millis(3), true);
+        m.sync_took(Duration::from_millis(3), false);
+        m.sync_took(Duration::from_secs(60), false);
+        let text = m.encode();
+        let name = "kubeproxy_sync_proxy_rules_duration_seconds";
+        assert!(text.contains(&format!(
+            "# HELP {name} SyncProxyRules latency in seconds\n# TYPE {name} histogram\n"
+        )));
+        let buckets = lines(&text, &format!("{name}_bucket"));
+        assert_eq!(buckets.len(), 16);
+        assert_eq!(buckets[0], format!("{name}_bucket{{le=\"0.001\"}} 0"));
+        assert_eq!(buckets[2], format!("{name}_bucket{{le=\"0.004\"}} 2"));
+        assert_eq!(buckets[14], format!("{name}_bucket{{le=\"16.384\"}} 2"));
+        assert_eq!(buckets[15], format!("{name}_bucket{{le=\"+Inf\"}} 3"));
+        assert_eq!(
+            lines(&text, &format!("{name}_count")),
+            [format!("{name}_count 3")]
+        );
+        assert_eq!(
+            lines(&text, &format!("{name}_sum")),
+            [format!("{name}_sum 60.006")]
+        );
+        let full = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
+        let partial = "kubeproxy_sync_partial_proxy_rules_duration_seconds_count";
+        assert_eq!(lines(&text, full), [format!("{full} 1")]);
+        assert_eq!(lines(&text, partial), [format!("{partial} 2")]);
+    }
+
+    #[test]
+    fn counters_gauges_and_labelled_families() {
+        let m = Metrics::default();
+        let text = m.encode();
+        assert!(
+            !text.contains("kubeproxy_proxy_healthz_total"),
+            "no code label value before the first probe"
+        );
+        m.probed(Probe::Healthz, 200);
+        m.probed(Probe::Healthz, 200);
+        m.probed(Probe::Healthz, 503);
+        m.probed(Probe::Livez, 200);
+        m.nftables_sync_failed();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        m.queued(at);
+        m.synced(
+            at,
+            &[at - Duration::from_millis(300), at + Duration::from_secs(5)],
+            NoLocalEndpoints {
+                internal: 2,
+                external: 1,
+            },
+        );
+        let text = m.encode();
+        for want in [
+            "# TYPE kubeproxy_proxy_healthz_total counter",
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 2",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 1",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000000.5",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 1700000000.5",
+            "# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 2",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
+            // Only the trigger in the past counts; it falls into the 0.5 s bucket.
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.25\"} 0",
+            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 1",
+            "kubeproxy_network_programming_duration_seconds_count 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn change_counts_by_kind_and_pending_reset_by_a_sync() {
+        let m = Metrics::default();
+        let svc = Object::Service(Box::default());
+        let slice = Object::EndpointSlice(Box::default());
+        m.saw(&SourceEvent::Listed(
+            Kind::Service,
+            vec![svc.clone(), svc.clone(), slice.clone()],
+        ));
+        m.saw(&SourceEvent::Applied(slice.clone()));
+        m.saw(&SourceEvent::Deleted(slice));
+        m.saw(&SourceEvent::Applied(Object::Node(Box::default())));
+        let text = m.encode();
+        for want in [
+            "kubeproxy_sync_proxy_rules_service_changes_total 2",
+            "kubeproxy_sync_proxy_rules_service_changes_pending 2",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 2",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
+        m.changes_taken();
+        let text = m.encode();
+        assert!(text
+            .lines()
+            .any(|l| l == "kubeproxy_sync_proxy_rules_service_changes_pending 0"));
+        assert!(text
+            .lines()
+            .any(|l| l == "kubeproxy_sync_proxy_rules_endpoint_changes_total 2"));
+    }
+}
