@@ -28,7 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec,
+    Node, NodeAddress, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec, Taint,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -297,6 +297,142 @@ fn malformed_objects_do_not_disturb_other_services() {
     });
 }
 
+/// The health server answers `/healthz` and `/livez` with upstream's JSON once the first
+/// sync is done, and the metrics server serves the sync histogram, the probe counters and
+/// the proxy mode, each on the address its flag names. When the cluster autoscaler marks
+/// our Node for deletion, `/healthz` turns 503 and `/livez` stays 200.
+#[test]
+fn serves_health_and_metrics() {
+    in_private_netns(|server| {
+        create_node(server);
+        create_backed(server, "web", "10.96.0.10", &["10.244.1.5"]);
+        let (healthz, metrics) = (free_local_port(), free_local_port());
+        let mut daemon = Daemon::start_with(
+            server,
+            &[
+                &format!("--healthz-bind-address=127.0.0.1:{healthz}"),
+                &format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+            ],
+        );
+        daemon.wait_for_facts(&on_node(&[programmed(
+            "web",
+            "10.96.0.10",
+            &["10.244.1.5"],
+        )]));
+
+        for path in ["/healthz", "/livez"] {
+            let (status, body) = daemon.wait_until(&format!("{path} after the first sync"), || {
+                http_get(healthz, path)
+                    .filter(|(_, body)| body.contains("\"status\""))
+                    .ok_or_else(|| format!("no answer with a per-family status from {path} yet"))
+            });
+            assert_eq!(status, 200, "{path}: {body}");
+            let json: Value = serde_json::from_str(&body).expect("health bodies are JSON");
+            assert_eq!(json["healthy"], true, "{path}: {body}");
+            for field in ["lastUpdated", "currentTime"] {
+                assert!(json[field].is_string(), "{path} lacks {field}: {body}");
+            }
+            assert_eq!(json["status"]["IPv4"]["healthy"], true, "{path}: {body}");
+            let eligible = (path == "/healthz").then_some(Value::Bool(true));
+            assert_eq!(
+                json.get("nodeEligible").cloned(),
+                eligible,
+                "{path}: {body}"
+            );
+        }
+
+        let (status, text) = http_get(metrics, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count "))
+            .and_then(|n| n.parse::<u64>().ok());
+        assert!(count.is_some_and(|n| n > 0), "no synced duration:\n{text}");
+        assert!(
+            probes(&text, "200") >= 1,
+            "the /healthz probe is not counted:\n{text}"
+        );
+        assert_eq!(
+            http_get(metrics, "/proxyMode"),
+            Some((200, "nftables".to_owned()))
+        );
+
+        // The cluster autoscaler is about to delete our Node: load balancers must drain it
+        // (/healthz 503), while the proxy itself stays live (/livez 200).
+        let mut doomed = our_node();
+        let spec = doomed.spec.get_or_insert_with(Default::default);
+        spec.taints = Some(vec![Taint {
+            key: "ToBeDeletedByClusterAutoscaler".to_owned(),
+            effect: "NoSchedule".to_owned(),
+            ..Taint::default()
+        }]);
+        server.update(&doomed).unwrap();
+        let body = daemon.wait_until(
+            "/healthz to fail for a Node being deleted",
+            || match http_get(healthz, "/healthz") {
+                Some((503, body)) => Ok(body),
+                other => Err(format!("/healthz answered {other:?}")),
+            },
+        );
+        let json: Value = serde_json::from_str(&body).expect("health bodies are JSON");
+        assert_eq!(json["nodeEligible"], false, "{body}");
+        assert_eq!(json["healthy"], true, "the proxy itself is fine: {body}");
+        assert_eq!(http_get(healthz, "/livez").map(|(code, _)| code), Some(200));
+        let (_, text) = http_get(metrics, "/metrics").expect("GET /metrics");
+        assert!(probes(&text, "503") >= 1, "503 not counted:\n{text}");
+    });
+}
+
+/// A health server address already in use stops the daemon at start, naming the address.
+#[test]
+fn health_server_bind_failure_is_an_error_naming_the_address() {
+    in_private_netns(|server| {
+        create_node(server);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let addr = taken.local_addr().expect("local address");
+        let mut daemon = Daemon::start_with(server, &[&format!("--healthz-bind-address={addr}")]);
+        let status = daemon.wait_exit();
+        assert!(!status.success(), "kube-proxy ran with {addr} taken");
+        let log = daemon.log();
+        assert!(
+            log.contains(&format!("failed to start proxy healthz on {addr}")),
+            "the error does not name {addr}:\n{log}"
+        );
+    });
+}
+
+/// How many `/healthz` probes the metrics `text` counts with status `code`.
+fn probes(text: &str, code: &str) -> u64 {
+    let prefix = format!("kubeproxy_proxy_healthz_total{{code=\"{code}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An unused TCP port on `127.0.0.1` of this namespace (nothing else runs in it).
+fn free_local_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// `GET path` from `127.0.0.1:port`: the status and body, or `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
 // ---------------------------------------------------------------------------
 // A private network namespace per test.
 
@@ -395,6 +531,11 @@ struct Daemon {
 impl Daemon {
     /// Starts `kube-proxy` in nftables mode, as node [`NODE`], against `server`.
     fn start(server: &FakeApiServer) -> Daemon {
+        Daemon::start_with(server, &[])
+    }
+
+    /// As [`Daemon::start`], with `extra` flags.
+    fn start_with(server: &FakeApiServer, extra: &[&str]) -> Daemon {
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let output = || log.as_file().try_clone().expect("dup the log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kube-proxy"))
@@ -402,6 +543,7 @@ impl Daemon {
             .args(["--master", &server.url()])
             .args(["--cluster-cidr", CLUSTER_CIDR])
             .args(["--iptables-min-sync-period", MIN_SYNC_PERIOD])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(output())
             .stderr(output())
@@ -493,6 +635,11 @@ impl Daemon {
             0,
             "kill(SIGTERM)"
         );
+        self.wait_exit()
+    }
+
+    /// Waits (at most [`EXIT`]) for the daemon to exit.
+    fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + EXIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for kube-proxy") {
@@ -500,7 +647,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "kube-proxy still running {EXIT:?} after SIGTERM\n{}",
+                "kube-proxy still running after {EXIT:?}\n{}",
                 self.log()
             );
             thread::sleep(POLL);
@@ -603,7 +750,12 @@ fn create_backed(server: &FakeApiServer, name: &str, cluster_ip: &str, endpoints
 
 /// Our Node, with its podCIDR and InternalIP.
 fn create_node(server: &FakeApiServer) {
-    let node = Node {
+    server.create(&our_node()).unwrap();
+}
+
+/// Our Node as [`create_node`] creates it.
+fn our_node() -> Node {
+    Node {
         metadata: ObjectMeta {
             name: Some(NODE.to_owned()),
             ..ObjectMeta::default()
@@ -620,8 +772,7 @@ fn create_node(server: &FakeApiServer) {
             }]),
             ..NodeStatus::default()
         }),
-    };
-    server.create(&node).unwrap();
+    }
 }
 
 /// How many times the daemon has listed Services (not counting watches).
