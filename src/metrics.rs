@@ -107,7 +107,7 @@ impl NoLocalEndpoints {
         for family in IpFamily::ALL {
             for entry in state.services(family).values() {
                 let eps = &entry.categorized;
-                if eps.all_reachable.is_empty() || !eps.local.is_empty() {
+                if !eps.has_any || !eps.local.is_empty() {
                     continue;
                 }
                 counts.internal += u64::from(entry.port.internal_policy_local);
@@ -504,6 +504,67 @@ mod tests {
                 "missing {want:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn no_local_endpoints_counts_local_policies_with_endpoints_elsewhere_only() {
+        use kube_proxy_model::{
+            Endpoint, NodeInfo, Protocol, ServiceEntry, ServicePort, ServicePortName,
+        };
+        let node = NodeInfo::default();
+        let mut state = ProxyState::default();
+        let mut add =
+            |name: &str, ip: &str, shape: fn(&mut ServicePort), endpoints: &[(&str, bool)]| {
+                let name = ServicePortName {
+                    namespace: "ns".into(),
+                    name: name.into(),
+                    port: String::new(),
+                    protocol: Protocol::Tcp,
+                };
+                let mut port = ServicePort::new(name.clone(), ip.parse().unwrap(), 80);
+                shape(&mut port);
+                let eps = endpoints
+                    .iter()
+                    .map(|(ip, local)| Endpoint::ready(ip.parse().unwrap(), 8080, *local))
+                    .collect();
+                let map = if port.family == IpFamily::V4 {
+                    &mut state.v4
+                } else {
+                    &mut state.v6
+                };
+                map.insert(
+                    name,
+                    std::sync::Arc::new(ServiceEntry::new(port, eps, &node)),
+                );
+            };
+        let internal: fn(&mut ServicePort) = |p| p.internal_policy_local = true;
+        let external: fn(&mut ServicePort) = |p| {
+            p.node_port = 30080;
+            p.external_policy_local = true;
+        };
+        add(
+            "remote-only",
+            "10.96.0.1",
+            internal,
+            &[("10.244.2.1", false)],
+        );
+        add(
+            "remote-only-v6",
+            "fd00::1",
+            internal,
+            &[("fd00:244::1", false)],
+        );
+        add("external", "10.96.0.2", external, &[("10.244.2.2", false)]);
+        add("none-at-all", "10.96.0.3", internal, &[]);
+        add("has-local", "10.96.0.4", internal, &[("10.244.1.4", true)]);
+        add("cluster", "10.96.0.5", |_| {}, &[("10.244.2.5", false)]);
+        assert_eq!(
+            NoLocalEndpoints::of(&state),
+            NoLocalEndpoints {
+                internal: 2,
+                external: 1
+            }
+        );
     }
 
     #[test]
