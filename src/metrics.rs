@@ -234,104 +234,116 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let v = self.values();
         let mut out = Encoder(String::new());
-        out.histogram(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            &v.sync,
-        );
-        out.histogram(
-            "kubeproxy_sync_full_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for full resyncs",
-            &v.sync_full,
-        );
-        out.histogram(
-            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds for partial resyncs",
-            &v.sync_partial,
-        );
-        out.histogram(
-            "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            &v.network_programming,
-        );
-        let gauge = |out: &mut Encoder, name, help, value: f64| {
-            out.series(name, help, "gauge", "", &[(String::new(), value)])
-        };
-        let counter = |out: &mut Encoder, name, help, value: u64| {
-            out.series(name, help, "counter", "", &[(String::new(), value as f64)])
-        };
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            v.last_synced,
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            v.last_queued,
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
-            "Pending proxy rules Endpoint changes",
-            v.endpoint_changes_pending as f64,
-        );
-        counter(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-            "Cumulative proxy rules Endpoint changes",
-            v.endpoint_changes_total,
-        );
-        gauge(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_service_changes_pending",
-            "Pending proxy rules Service changes",
-            v.service_changes_pending as f64,
-        );
-        counter(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_service_changes_total",
-            "Cumulative proxy rules Service changes",
-            v.service_changes_total,
-        );
-        out.series(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-            "Number of services with a Local traffic policy and no endpoints",
-            "gauge",
-            "traffic_policy",
-            &[
-                ("external".to_owned(), v.no_local_endpoints.external as f64),
-                ("internal".to_owned(), v.no_local_endpoints.internal as f64),
-            ],
-        );
-        counter(
-            &mut out,
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-            "Cumulative proxy nftables sync failures",
-            v.nftables_sync_failures,
-        );
+        for (name, help, histogram) in [
+            (
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+                &v.sync,
+            ),
+            (
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+                &v.sync_full,
+            ),
+            (
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                &v.sync_partial,
+            ),
+            (
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                &v.network_programming,
+            ),
+        ] {
+            out.histogram(name, help, histogram);
+        }
+        let one = |value: f64| vec![(String::new(), value)];
         let by_code = |counts: &BTreeMap<u16, u64>| -> Vec<(String, f64)> {
             counts
                 .iter()
                 .map(|(code, n)| (code.to_string(), *n as f64))
                 .collect()
         };
-        out.series(
-            "kubeproxy_proxy_healthz_total",
-            "Cumulative proxy healthz HTTP status",
-            "counter",
-            "code",
-            &by_code(&v.healthz),
-        );
-        out.series(
-            "kubeproxy_proxy_livez_total",
-            "Cumulative proxy livez HTTP status",
-            "counter",
-            "code",
-            &by_code(&v.livez),
-        );
+        let no_local = vec![
+            ("external".to_owned(), v.no_local_endpoints.external as f64),
+            ("internal".to_owned(), v.no_local_endpoints.internal as f64),
+        ];
+        // (name, help, type, label name or "", samples)
+        for (name, help, kind, label, samples) in [
+            (
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                "gauge",
+                "",
+                one(v.last_synced),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                "The last time a sync of proxy rules was queued",
+                "gauge",
+                "",
+                one(v.last_queued),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                "Pending proxy rules Endpoint changes",
+                "gauge",
+                "",
+                one(v.endpoint_changes_pending as f64),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                "Cumulative proxy rules Endpoint changes",
+                "counter",
+                "",
+                one(v.endpoint_changes_total as f64),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                "Pending proxy rules Service changes",
+                "gauge",
+                "",
+                one(v.service_changes_pending as f64),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                "Cumulative proxy rules Service changes",
+                "counter",
+                "",
+                one(v.service_changes_total as f64),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "Number of services with a Local traffic policy and no endpoints",
+                "gauge",
+                "traffic_policy",
+                no_local,
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                "Cumulative proxy nftables sync failures",
+                "counter",
+                "",
+                one(v.nftables_sync_failures as f64),
+            ),
+            (
+                "kubeproxy_proxy_healthz_total",
+                "Cumulative proxy healthz HTTP status",
+                "counter",
+                "code",
+                by_code(&v.healthz),
+            ),
+            (
+                "kubeproxy_proxy_livez_total",
+                "Cumulative proxy livez HTTP status",
+                "counter",
+                "code",
+                by_code(&v.livez),
+            ),
+        ] {
+            out.series(name, help, kind, label, &samples);
+        }
         out.0
     }
 }
