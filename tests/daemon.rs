@@ -298,8 +298,8 @@ fn malformed_objects_do_not_disturb_other_services() {
 }
 
 /// The health server answers `/healthz` and `/livez` with upstream's JSON once the first
-/// sync is done, and the metrics server serves the sync histogram, the probe counters and
-/// the proxy mode, each on the address its flag names. When the cluster autoscaler marks
+/// sync is done, and the metrics server serves the sync histogram, the probe counters, the
+/// proxy mode and the effective configuration, each on the address its flag names. When the cluster autoscaler marks
 /// our Node for deletion, `/healthz` turns 503 and `/livez` stays 200.
 #[test]
 fn serves_health_and_metrics() {
@@ -356,6 +356,12 @@ fn serves_health_and_metrics() {
             http_get(metrics, "/proxyMode"),
             Some((200, "nftables".to_owned()))
         );
+        let (status, configz) = http_get(metrics, "/configz").expect("GET /configz");
+        assert_eq!(status, 200);
+        let configz: Value = serde_json::from_str(&configz).expect("/configz is JSON");
+        let config = &configz["kubeproxy.config.k8s.io"];
+        assert_eq!(config["mode"], "nftables", "{configz}");
+        assert_eq!(config["hostnameOverride"], NODE, "{configz}");
 
         // The cluster autoscaler is about to delete our Node: load balancers must drain it
         // (/healthz 503), while the proxy itself stays live (/livez 200).
