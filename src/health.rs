@@ -9,7 +9,9 @@
 //!   that, so that the kubelet does not restart a proxy that is fine.
 //!
 //! Both IP families are programmed by one sync here, so they share one state; the JSON
-//! still reports each under `status`, as upstream's dual-stack proxy does.
+//! still reports each under `status`, as upstream's dual-stack proxy does. (On a kernel
+//! without IPv6 nf_tables the backend programs IPv4 only, and `status` still lists IPv6:
+//! the backend does not tell the daemon which families it programs.)
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
