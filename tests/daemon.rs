@@ -23,44 +23,16 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec, Taint,
-};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Node, Service, Taint};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
+use support::daemon::*;
 use support::fake_apiserver::FakeApiServer;
 use support::netns::{output_bounded, run, TOOL_LIMIT};
-
-/// Our node, its address and its pods' range.
-const NODE: &str = "node-a";
-const NODE_IP: &str = "192.0.2.10";
-const POD_CIDR: &str = "10.244.1.0/24";
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const NAMESPACE: &str = "default";
-/// Every test Service listens on TCP port 80 (named `http`), its endpoints on 8080.
-const SERVICE_PORT: i32 = 80;
-const TARGET_PORT: i32 = 8080;
-const PORT_NAME: &str = "http";
-
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-
-/// `--iptables-min-sync-period` (which is also nftables mode's): short, so that waits
-/// are dominated by the daemon's reaction to events rather than by rate limiting.
-const MIN_SYNC_PERIOD: &str = "100ms";
-/// Upper bound for the kernel to reflect a change: generous enough for a relist after
-/// the watcher's first backoff step (~0.8 s) with a debug build on a loaded machine.
-const CONVERGE: Duration = Duration::from_secs(15);
-/// How long a SIGTERMed daemon may take to exit.
-const EXIT: Duration = Duration::from_secs(5);
-/// Pause between two looks at the kernel.
-const POLL: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------
 // The tests.
@@ -416,378 +388,8 @@ fn probes(text: &str, code: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// An unused TCP port on `127.0.0.1` of this namespace (nothing else runs in it).
-fn free_local_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// `GET path` from `127.0.0.1:port`: the status and body, or `None` while nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-// ---------------------------------------------------------------------------
-// A private network namespace per test.
-
-/// Runs `test` on a new thread inside a new network namespace (with `lo` up), with a
-/// fake API server serving on that namespace's `127.0.0.1`. A panic in `test` fails
-/// the calling test; the namespace goes away with the thread and its children.
-fn in_private_netns(test: impl FnOnce(&FakeApiServer) + Send + 'static) {
-    let name = thread::current().name().unwrap_or("daemon-test").to_owned();
-    let outcome = thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            enter_new_netns();
-            // Built here so that its worker threads, and with them every socket the
-            // fake server opens, are in this namespace too.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let server = runtime
-                .block_on(FakeApiServer::start())
-                .expect("start the fake API server");
-            test(&server);
-        })
-        .expect("spawn the test thread")
-        .join();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Moves the calling thread (only) into a new network namespace and brings `lo` up.
-fn enter_new_netns() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "daemon tests need root (network namespaces, nftables)"
-    );
-    // SAFETY: plain syscall; CLONE_NEWNET affects only the calling thread.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-    // Everything below runs commands that change the namespace they run in: make sure
-    // it is not the host's (the main thread's).
-    let ns = |path| std::fs::read_link(path).expect("read a netns link");
-    assert_ne!(
-        ns("/proc/thread-self/ns/net"),
-        ns("/proc/self/ns/net"),
-        "still in the host's network namespace"
-    );
-    run(Command::new("ip").args(["link", "set", "lo", "up"]));
-}
-
 fn nft(args: &[&str]) -> String {
     run(Command::new("nft").args(args))
-}
-
-/// Established TCP connections from this namespace to the fake API server.
-fn connections_to(server: &FakeApiServer) -> usize {
-    let port = server
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .expect("the fake's URL ends in its port");
-    let table = std::fs::read_to_string("/proc/thread-self/net/tcp").expect("read net/tcp");
-    // Lines are `sl local_address rem_address st ...`, addresses as `HEXIP:HEXPORT`;
-    // state 01 is ESTABLISHED.
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = fields.get(2).and_then(|a| a.rsplit(':').next());
-            remote_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
-                && fields.get(3) == Some(&"01")
-        })
-        .count()
-}
-
-// ---------------------------------------------------------------------------
-// The daemon.
-
-/// A running `kube-proxy`, killed (if still running) when dropped, even on panic.
-struct Daemon {
-    child: Child,
-    /// Its stdout and stderr, shown when a test fails.
-    log: tempfile::NamedTempFile,
-}
-
-impl Daemon {
-    /// Starts `kube-proxy` in nftables mode, as node [`NODE`], against `server`.
-    fn start(server: &FakeApiServer) -> Daemon {
-        Daemon::start_with(server, &[])
-    }
-
-    /// As [`Daemon::start`], with `extra` flags.
-    fn start_with(server: &FakeApiServer, extra: &[&str]) -> Daemon {
-        let log = tempfile::NamedTempFile::new().expect("a log file");
-        let output = || log.as_file().try_clone().expect("dup the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kube-proxy"))
-            .args(["--proxy-mode", "nftables", "--hostname-override", NODE])
-            .args(["--master", &server.url()])
-            .args(["--cluster-cidr", CLUSTER_CIDR])
-            .args(["--iptables-min-sync-period", MIN_SYNC_PERIOD])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(output())
-            .stderr(output())
-            .spawn()
-            .expect("spawn kube-proxy");
-        Daemon { child, log }
-    }
-
-    /// Everything the daemon printed so far.
-    fn log(&self) -> String {
-        // Opened anew, so that reading never moves the offset the child writes at.
-        let text = std::fs::read_to_string(self.log.path()).expect("read the log");
-        format!("--- kube-proxy output ---\n{text}")
-    }
-
-    /// Panics, with its output, if the daemon is no longer running.
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("wait for kube-proxy") {
-            panic!("kube-proxy exited with {status}\n{}", self.log());
-        }
-    }
-
-    /// Polls `probe` until it returns `Ok`, for at most [`CONVERGE`]. Fails with `what`,
-    /// the last `Err` and the daemon's output on timeout, or as soon as the daemon dies.
-    fn wait_until<T>(&mut self, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            self.assert_alive();
-            match probe() {
-                Ok(value) => return value,
-                Err(last) if Instant::now() >= deadline => {
-                    panic!("{what}: not within {CONVERGE:?}\n{last}\n{}", self.log())
-                }
-                Err(_) => thread::sleep(POLL),
-            }
-        }
-    }
-
-    /// Waits until the kernel holds exactly `expected`.
-    fn wait_for_facts(&mut self, expected: &Facts) {
-        self.wait_until("the kernel to hold exactly the expected rules", || {
-            let actual = kernel_facts().ok_or_else(|| "no kube-proxy table".to_owned())?;
-            facts_diff(expected, &actual).map_or(Ok(()), Err)
-        });
-    }
-
-    /// Waits until the kernel's facts about one Service are exactly `expected`.
-    fn wait_for_service(&mut self, expected: &Facts, name: &str, cluster_ip: &str) {
-        self.wait_until(&format!("the kernel to hold {name}'s rules"), || {
-            let actual = kernel_facts().ok_or_else(|| "no kube-proxy table".to_owned())?;
-            facts_diff(expected, &about(&actual, name, cluster_ip)).map_or(Ok(()), Err)
-        });
-    }
-
-    /// Waits until the daemon has its watchers' requests open on `server` (which, when
-    /// paused, holds them unanswered).
-    fn wait_connected(&mut self, server: &FakeApiServer) {
-        // One connection per concurrent request: the Service, EndpointSlice and Node
-        // lists (and ServiceCIDR discovery) are all sent at start.
-        self.wait_until("kube-proxy to connect to the API server", || {
-            let open = connections_to(server);
-            (open >= 3)
-                .then_some(())
-                .ok_or(format!("{open} connections open"))
-        });
-    }
-
-    /// Checks for `window` that the daemon is running and has created no table.
-    fn assert_no_table_for(&mut self, window: Duration) {
-        let end = Instant::now() + window;
-        while Instant::now() < end {
-            self.assert_alive();
-            if let Some(facts) = kernel_facts() {
-                panic!(
-                    "kube-proxy programmed rules before its lists completed: {facts:#?}\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(POLL);
-        }
-    }
-
-    /// Sends SIGTERM and waits (at most [`EXIT`]) for the daemon to exit.
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child, which has not been reaped yet.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGTERM) },
-            0,
-            "kill(SIGTERM)"
-        );
-        self.wait_exit()
-    }
-
-    /// Waits (at most [`EXIT`]) for the daemon to exit.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + EXIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for kube-proxy") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kube-proxy still running after {EXIT:?}\n{}",
-                self.log()
-            );
-            thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// API objects: ClusterIP Services with one TCP port and their EndpointSlices.
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(NAMESPACE.to_owned()),
-        ..ObjectMeta::default()
-    }
-}
-
-/// `default/<name>` at `cluster_ip`, TCP port 80 (`http`) to target port 8080.
-fn service(name: &str, cluster_ip: &str) -> Service {
-    Service {
-        metadata: meta(name),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_owned()),
-            cluster_ip: Some(cluster_ip.to_owned()),
-            cluster_ips: Some(vec![cluster_ip.to_owned()]),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.to_owned()),
-                port: SERVICE_PORT,
-                protocol: Some("TCP".to_owned()),
-                target_port: Some(IntOrString::Int(TARGET_PORT)),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
-}
-
-/// The EndpointSlice (named like the Service) of Service `service`: one ready endpoint
-/// on this node per address, port `http` 8080/TCP.
-fn slice(service: &str, addresses: &[&str]) -> EndpointSlice {
-    let mut metadata = meta(service);
-    metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
-    EndpointSlice {
-        metadata,
-        address_type: "IPv4".to_owned(),
-        endpoints: addresses
-            .iter()
-            .map(|address| Endpoint {
-                addresses: vec![address.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                node_name: Some(NODE.to_owned()),
-                ..Endpoint::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some(PORT_NAME.to_owned()),
-            port: Some(TARGET_PORT),
-            protocol: Some("TCP".to_owned()),
-            ..EndpointPort::default()
-        }]),
-    }
-}
-
-/// `obj` with `labels` added.
-fn labelled<K: kube::Resource>(mut obj: K, labels: &[(&str, &str)]) -> K {
-    let all = obj.meta_mut().labels.get_or_insert_with(Default::default);
-    all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    obj
-}
-
-/// `svc` with its port's protocol replaced.
-fn with_protocol(mut svc: Service, protocol: &str) -> Service {
-    let spec = svc.spec.as_mut().expect("test services have a spec");
-    for port in spec.ports.iter_mut().flatten() {
-        port.protocol = Some(protocol.to_owned());
-    }
-    svc
-}
-
-/// Creates Service `name` and its EndpointSlice.
-fn create_backed(server: &FakeApiServer, name: &str, cluster_ip: &str, endpoints: &[&str]) {
-    server.create(&service(name, cluster_ip)).unwrap();
-    server.create(&slice(name, endpoints)).unwrap();
-}
-
-/// Our Node, with its podCIDR and InternalIP.
-fn create_node(server: &FakeApiServer) {
-    server.create(&our_node()).unwrap();
-}
-
-/// Our Node as [`create_node`] creates it.
-fn our_node() -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(NODE.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NodeSpec {
-            pod_cidr: Some(POD_CIDR.to_owned()),
-            pod_cidrs: Some(vec![POD_CIDR.to_owned()]),
-            ..NodeSpec::default()
-        }),
-        status: Some(NodeStatus {
-            addresses: Some(vec![NodeAddress {
-                type_: "InternalIP".to_owned(),
-                address: NODE_IP.to_owned(),
-            }]),
-            ..NodeStatus::default()
-        }),
-    }
-}
-
-/// How many times the daemon has listed Services (not counting watches).
-fn service_lists(server: &FakeApiServer) -> usize {
-    server
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("GET /api/v1/services?") && !r.contains("watch=true"))
-        .count()
 }
 
 // ---------------------------------------------------------------------------
@@ -1101,4 +703,44 @@ fn scalar(value: &Value) -> String {
     value
         .as_str()
         .map_or_else(|| value.to_string(), str::to_owned)
+}
+
+/// Waits on what the kernel holds, as [`Facts`].
+trait KernelWaits {
+    /// Waits until the kernel holds exactly `expected`.
+    fn wait_for_facts(&mut self, expected: &Facts);
+    /// Waits until the kernel's facts about one Service are exactly `expected`.
+    fn wait_for_service(&mut self, expected: &Facts, name: &str, cluster_ip: &str);
+    /// Checks for `window` that the daemon is running and has created no table.
+    fn assert_no_table_for(&mut self, window: Duration);
+}
+
+impl KernelWaits for Daemon {
+    fn wait_for_facts(&mut self, expected: &Facts) {
+        self.wait_until("the kernel to hold exactly the expected rules", || {
+            let actual = kernel_facts().ok_or_else(|| "no kube-proxy table".to_owned())?;
+            facts_diff(expected, &actual).map_or(Ok(()), Err)
+        });
+    }
+
+    fn wait_for_service(&mut self, expected: &Facts, name: &str, cluster_ip: &str) {
+        self.wait_until(&format!("the kernel to hold {name}'s rules"), || {
+            let actual = kernel_facts().ok_or_else(|| "no kube-proxy table".to_owned())?;
+            facts_diff(expected, &about(&actual, name, cluster_ip)).map_or(Ok(()), Err)
+        });
+    }
+
+    fn assert_no_table_for(&mut self, window: Duration) {
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            self.assert_alive();
+            if let Some(facts) = kernel_facts() {
+                panic!(
+                    "kube-proxy programmed rules before its lists completed: {facts:#?}\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
 }

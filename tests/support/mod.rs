@@ -1,4 +1,5 @@
 //! Helpers shared by integration tests.
 
+pub mod daemon;
 pub mod fake_apiserver;
 pub mod netns;
