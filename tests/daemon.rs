@@ -18,7 +18,7 @@
 //! tests wait for has to come from the API events (or a relist), never from a periodic
 //! full resync that would paper over a missed event.
 
-// Only the fake API server and the bounded tool runners are used here.
+// Each test crate uses a part of the shared support code.
 #[allow(dead_code)]
 mod support;
 
