@@ -36,7 +36,7 @@
 //! answers each request with its own name and the peer address it saw, so a
 //! test can tell which endpoint answered and whether the source was NATed.
 
-// Shared by several test crates; only tests/dataplane.rs uses all of it.
+// Shared by several test crates; only the dataplane tests use all of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
