@@ -7,6 +7,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod runner;
