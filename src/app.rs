@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::builder::ModelBuilder;
 use crate::cli::Invocation;
 use crate::config::{KubeProxyConfiguration, LocalMode, ProxyMode};
+use crate::config_watch;
 use crate::health::{self, HealthState, SharedHealth};
 use crate::metrics::{self, Metrics, NoLocalEndpoints};
 use crate::runner::SyncRunner;
@@ -136,6 +137,12 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
         bail!(unsupported(mode));
     }
     let node_name = config.node_name()?;
+    // Upstream's errCh: what stops the daemon besides a signal. The sender lives as long as
+    // this function, so the sync loop never sees the channel close.
+    let (fatal_tx, fatal) = mpsc::channel(4);
+    if let Some(path) = &inv.config_file {
+        config_watch::spawn(path.clone(), fatal_tx.clone()).await?;
+    }
     let client = apiserver::client(inv.kubeconfig.as_deref(), inv.master.as_deref())
         .await
         .context("building the API client")?;
@@ -151,12 +158,13 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     // Upstream's healthTimeout: a queued update may wait two periodic syncs.
     let health = Arc::new(Mutex::new(HealthState::new(2 * config.sync_period())));
     let metrics = Arc::new(Metrics::default());
+    let hard_fail = config.bind_address_hard_fail.then(|| fatal_tx.clone());
     if let Some(addr) = config.healthz_addr()? {
-        health::serve(addr, health.clone(), metrics.clone()).await?;
+        health::serve(addr, health.clone(), metrics.clone(), hard_fail.clone());
     }
     if let Some(addr) = config.metrics_addr()? {
         let configz = serde_json::to_value(config).context("encoding the configuration")?;
-        metrics::serve(addr, metrics.clone(), mode.as_str(), configz).await?;
+        metrics::serve(addr, metrics.clone(), mode.as_str(), configz, hard_fail);
     }
     let mut proxy = Proxy {
         inv,
@@ -166,7 +174,7 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
         health,
         metrics,
     };
-    proxy.run(rx).await
+    proxy.run(rx, fatal).await
 }
 
 /// The daemon's state: the model, when to sync, and the backend once it exists.
@@ -183,7 +191,12 @@ struct Proxy<'a> {
 }
 
 impl Proxy<'_> {
-    async fn run(&mut self, mut rx: mpsc::Receiver<crate::sources::SourceEvent>) -> Result<()> {
+    /// Syncs until a signal (`Ok`) or an error on `fatal` (that error).
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<crate::sources::SourceEvent>,
+        mut fatal: mpsc::Receiver<anyhow::Error>,
+    ) -> Result<()> {
         let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
         loop {
@@ -204,6 +217,7 @@ impl Proxy<'_> {
                     health::lock(&self.health).set_node_eligible(self.builder.node_eligible());
                 }
                 _ = tokio::time::sleep_until(due) => self.sync(),
+                Some(e) = fatal.recv() => return Err(e),
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }

@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
@@ -149,14 +148,17 @@ pub fn lock(health: &SharedHealth) -> std::sync::MutexGuard<'_, HealthState> {
     health.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Binds the health server on `addr` and serves `/healthz` and `/livez` in the background,
-/// counting answers in `kubeproxy_proxy_{healthz,livez}_total`.
-pub async fn serve(addr: SocketAddr, health: SharedHealth, metrics: Arc<Metrics>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("failed to start proxy healthz on {addr}"))?;
-    tracing::info!(address = %addr, "serving healthz");
-    spawn_http(listener, move |path| {
+/// Serves `/healthz` and `/livez` on `addr` in the background, counting answers in
+/// `kubeproxy_proxy_{healthz,livez}_total`. An address that cannot be bound is handled
+/// as [`spawn_http_on`] says.
+pub fn serve(
+    addr: SocketAddr,
+    health: SharedHealth,
+    metrics: Arc<Metrics>,
+    hard_fail: Option<FatalErrors>,
+) {
+    let context = format!("failed to start proxy healthz on {addr}");
+    spawn_http_on(addr, context, hard_fail, move |path| {
         let probe = match path {
             "/healthz" => Probe::Healthz,
             "/livez" => Probe::Livez,
@@ -171,7 +173,6 @@ pub async fn serve(addr: SocketAddr, health: SharedHealth, metrics: Arc<Metrics>
             body: json,
         }
     });
-    Ok(())
 }
 
 /// What a route answers.
@@ -216,6 +217,45 @@ impl Reply {
         );
         response
     }
+}
+
+/// Where a server that cannot bind sends its error when `bindAddressHardFail` is set: the
+/// daemon exits with the first error it receives.
+pub type FatalErrors = tokio::sync::mpsc::Sender<anyhow::Error>;
+
+/// How long upstream waits before trying to bind a server's address again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// Binds `addr` and serves HTTP on it as [`spawn_http`] does, all in the background. As
+/// upstream: a bind that fails (the address in use, say) is logged with `context` (which
+/// names the address) and retried every 5 s, because a proxy without its health server
+/// still proxies; with `hard_fail` (`bindAddressHardFail`), the first failure goes there
+/// instead, to stop the daemon.
+pub fn spawn_http_on(
+    addr: SocketAddr,
+    context: String,
+    hard_fail: Option<FatalErrors>,
+    route: impl Fn(&str) -> Reply + Send + Sync + 'static,
+) {
+    tokio::spawn(async move {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) => {
+                    let error = anyhow::Error::new(e).context(context.clone());
+                    if let Some(fatal) = &hard_fail {
+                        // The receiver is gone only when the daemon is stopping anyway.
+                        let _ = fatal.send(error).await;
+                        return;
+                    }
+                    tracing::error!(error = format!("{error:#}"), "retrying in {BIND_RETRY:?}");
+                    tokio::time::sleep(BIND_RETRY).await;
+                }
+            }
+        };
+        tracing::info!(address = %addr, "serving HTTP");
+        spawn_http(listener, route);
+    });
 }
 
 /// Serves HTTP/1 on `listener` until the process exits, answering every request by its

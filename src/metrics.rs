@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, Result};
 use kube_proxy_model::{IpFamily, ProxyState};
 
 use crate::health::{self, Reply};
@@ -395,28 +394,26 @@ impl Encoder {
     }
 }
 
-/// Binds the metrics server on `addr` and serves `/metrics`, `/proxyMode` (the mode's
-/// name), `/configz` (`config`, the effective configuration, under upstream's
-/// `kubeproxy.config.k8s.io` key) and `/healthz` (a plain `ok`) in the background.
-pub async fn serve(
+/// Serves `/metrics`, `/proxyMode` (the mode's name), `/configz` (`config`, the effective
+/// configuration, under upstream's `kubeproxy.config.k8s.io` key) and `/healthz` (a plain
+/// `ok`) on `addr` in the background. An address that cannot be bound is handled as
+/// [`health::spawn_http_on`] says.
+pub fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     mode: &'static str,
     config: serde_json::Value,
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("starting metrics server failed: listen tcp {addr}"))?;
+    hard_fail: Option<health::FatalErrors>,
+) {
     let configz = serde_json::json!({ "kubeproxy.config.k8s.io": config }).to_string();
-    tracing::info!(address = %addr, "serving metrics");
-    health::spawn_http(listener, move |path| match path {
+    let context = format!("starting metrics server failed: listen tcp {addr}");
+    health::spawn_http_on(addr, context, hard_fail, move |path| match path {
         "/metrics" => Reply::ok("text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
         "/proxyMode" => Reply::ok("text/plain; charset=utf-8", mode.to_owned()),
         "/configz" => Reply::ok("application/json", configz.clone()),
         "/healthz" => Reply::ok("text/plain; charset=utf-8", "ok".to_owned()),
         _ => Reply::not_found(),
     });
-    Ok(())
 }
 
 #[cfg(test)]
