@@ -32,8 +32,8 @@ const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount
 /// then watches (Services, EndpointSlices, ServiceCIDRs); our Node is watched the same
 /// way through a `metadata.name` field selector, so it needs no `get`. API discovery
 /// (`/apis/networking.k8s.io/v1`) is open to every authenticated user and needs no rule.
-/// Events: upstream's recorder creates and patches them in both event APIs; ours does not
-/// emit any yet, and the grant is there so that adding them needs no RBAC change.
+/// Events: `src/events.rs` records them with kube's `Recorder`, which creates an Event in
+/// `events.k8s.io/v1` and patches it when it repeats (never the core API, never update).
 const NEEDED: &[(&str, &str, &str)] = &[
     ("", "services", "list"),
     ("", "services", "watch"),
@@ -43,8 +43,6 @@ const NEEDED: &[(&str, &str, &str)] = &[
     ("", "nodes", "watch"),
     ("networking.k8s.io", "servicecidrs", "list"),
     ("networking.k8s.io", "servicecidrs", "watch"),
-    ("", "events", "create"),
-    ("", "events", "patch"),
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"),
 ];

@@ -16,7 +16,11 @@
 //!   `key in (a,b)`, `key notin (a,b)`) and the `metadata.name` / `metadata.namespace`
 //!   field selectors are evaluated for real, including on watches (an object that starts
 //!   or stops matching is ADDED or DELETED, as the watch cache does);
-//! * the discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>/<v>`).
+//! * the discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/<g>/<v>`);
+//! * `events.k8s.io/v1` Events written by the client: created with POST and patched
+//!   (JSON merge patch, as kube's recorder counts repeats) with PATCH, kept as sent and
+//!   read back by tests with [`FakeApiServer::events`]. They are write-only for clients,
+//!   which is all kube-proxy needs.
 //!
 //! Tests drive it with [`FakeApiServer::create`]/[`update`](FakeApiServer::update)/
 //! [`delete`](FakeApiServer::delete) and disturb it with
@@ -47,6 +51,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::events::v1::Event;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -203,6 +208,8 @@ struct Store {
     /// `METHOD path?query` of every request, in arrival order.
     requests: Vec<String>,
     next_uid: u64,
+    /// `events.k8s.io/v1` Events clients created, as last patched.
+    events: BTreeMap<Key, Value>,
 }
 
 /// What open watch streams wait on.
@@ -270,6 +277,7 @@ impl FakeApiServer {
                 serve_servicecidrs: true,
                 requests: Vec::new(),
                 next_uid: 1,
+                events: BTreeMap::new(),
             }),
             tick: watch::Sender::new(Tick::default()),
             paused: watch::Sender::new(false),
@@ -429,6 +437,16 @@ impl FakeApiServer {
     /// `METHOD path?query` of every request received so far, oldest first.
     pub fn requests(&self) -> Vec<String> {
         self.shared.store().requests.clone()
+    }
+
+    /// Every Event clients created, in key order, as last patched.
+    pub fn events(&self) -> Vec<Event> {
+        let store = self.shared.store();
+        store
+            .events
+            .values()
+            .map(|value| decode(value.clone()).expect("stored Events decoded when written"))
+            .collect()
     }
 
     /// How many watch streams are open right now.
@@ -640,17 +658,144 @@ async fn handle(
         .store()
         .requests
         .push(format!("{} {}", req.method(), req.uri()));
-    let response = if req.method() == Method::GET {
-        let query = Query::parse(req.uri().query().unwrap_or(""));
-        route(&shared, req.uri().path(), &query)
-    } else {
-        Err(ApiError::new(
+    let response = match *req.method() {
+        Method::GET => {
+            let query = Query::parse(req.uri().query().unwrap_or(""));
+            route(&shared, req.uri().path(), &query)
+        }
+        Method::POST | Method::PATCH => write_event(&shared, req).await,
+        _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
-            format!("the fake API server only serves GET, not {}", req.method()),
-        ))
+            format!(
+                "the fake API server only serves GET, and POST/PATCH of Events, not {}",
+                req.method()
+            ),
+        )),
     };
     Ok(response.unwrap_or_else(|err| err.response()))
+}
+
+/// Creates (POST) or merge-patches (PATCH) an `events.k8s.io/v1` Event, answering as
+/// the real server does: 201 or 200 with the stored object, 409 for a name taken, 404
+/// for a patch of a missing Event. Events are not watchable here, so they take no part
+/// in the resourceVersion history.
+async fn write_event(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ResBody>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let is_patch = req.method() == Method::PATCH;
+    let (namespace, name) = match segments.as_slice() {
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events"] if !is_patch => (*ns, None),
+        ["apis", "events.k8s.io", "v1", "namespaces", ns, "events", name] if is_patch => {
+            (*ns, Some(*name))
+        }
+        _ => {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!("the fake API server writes only Events, not {path}"),
+            ))
+        }
+    };
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?
+        .to_bytes();
+    let sent: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let mut store = shared.store();
+    let (code, stored) = match name {
+        None => (
+            StatusCode::CREATED,
+            create_event(&mut store, namespace, sent)?,
+        ),
+        Some(name) => (
+            StatusCode::OK,
+            patch_event(&mut store, namespace, name, &sent)?,
+        ),
+    };
+    Ok(json_response_with(code, &stored))
+}
+
+fn create_event(store: &mut Store, namespace: &str, mut event: Value) -> Result<Value, ApiError> {
+    let name = event["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::new(422, "Invalid", "metadata.name: Required value".into()))?
+        .to_owned();
+    let in_body = event["metadata"]["namespace"].as_str().unwrap_or(namespace);
+    if in_body != namespace {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the object ({in_body}) does not match the namespace on the request ({namespace})"
+        )));
+    }
+    let key = (namespace.to_owned(), name);
+    if store.events.contains_key(&key) {
+        return Err(ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("events.events.k8s.io {:?} already exists", key.1),
+        ));
+    }
+    let uid = store.next_uid;
+    store.next_uid += 1;
+    let meta = &mut event["metadata"];
+    meta["namespace"] = json!(namespace);
+    meta["uid"] = json!(format!("00000000-0000-4000-8000-{uid:012x}"));
+    meta["resourceVersion"] = json!(store.rv.to_string());
+    event["kind"] = json!("Event");
+    event["apiVersion"] = json!("events.k8s.io/v1");
+    decode::<Event>(event.clone()).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+    store.events.insert(key, event.clone());
+    Ok(event)
+}
+
+fn patch_event(
+    store: &mut Store,
+    namespace: &str,
+    name: &str,
+    patch: &Value,
+) -> Result<Value, ApiError> {
+    let key = (namespace.to_owned(), name.to_owned());
+    let Some(current) = store.events.get(&key) else {
+        return Err(ApiError::not_found(format!(
+            "events.events.k8s.io {name:?} not found"
+        )));
+    };
+    let mut patched = current.clone();
+    merge_patch(&mut patched, patch);
+    // What identifies the object is the server's, whatever the patch says.
+    for field in ["name", "namespace", "uid"] {
+        patched["metadata"][field] = current["metadata"][field].clone();
+    }
+    decode::<Event>(patched.clone()).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+    store.events.insert(key, patched.clone());
+    Ok(patched)
+}
+
+/// Applies an RFC 7386 JSON merge patch: objects merge key by key, `null` deletes, any
+/// other value replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 fn route(shared: &Arc<Shared>, path: &str, query: &Query) -> Result<Response<ResBody>, ApiError> {
