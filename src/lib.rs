@@ -6,6 +6,7 @@ pub mod app;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod conntrack_sysctls;
 pub mod config_watch;
 pub mod convert;
 pub mod events;
