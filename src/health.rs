@@ -96,8 +96,9 @@ impl HealthState {
         self.node_eligible = eligible;
     }
 
-    /// The proxy's own health at `now`, ignoring the Node.
-    fn proxier_healthy(&self, now: SystemTime) -> bool {
+    /// The proxy's own health at `now`, ignoring the Node: upstream's `Health().Healthy`,
+    /// which health-check node ports report as `serviceProxyHealthy`.
+    pub fn proxier_healthy(&self, now: SystemTime) -> bool {
         // Upstream judges only proxiers that synced once: a starting proxy is healthy.
         let (Some(_), Some(queued)) = (self.last_updated, self.oldest_queued) else {
             return true;
@@ -170,6 +171,7 @@ pub fn serve(
         Reply {
             code,
             content_type: "application/json",
+            headers: Vec::new(),
             body: json,
         }
     });
@@ -180,6 +182,8 @@ pub fn serve(
 pub struct Reply {
     pub code: u16,
     pub content_type: &'static str,
+    /// Headers besides `Content-Type` and `X-Content-Type-Options`, which every reply has.
+    pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
 
@@ -189,6 +193,7 @@ impl Reply {
         Reply {
             code: 200,
             content_type,
+            headers: Vec::new(),
             body,
         }
     }
@@ -198,6 +203,7 @@ impl Reply {
         Reply {
             code: 404,
             content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
             body: "404 page not found\n".to_owned(),
         }
     }
@@ -215,8 +221,20 @@ impl Reply {
             "x-content-type-options",
             http::HeaderValue::from_static("nosniff"),
         );
+        headers.extend(extra_headers(self.headers));
         response
     }
+}
+
+/// [`Reply::headers`] as HTTP headers. Routes build them from static names and numbers, so
+/// a malformed one is a bug, dropped rather than failing the reply.
+fn extra_headers(
+    headers: Vec<(&'static str, String)>,
+) -> impl Iterator<Item = (http::HeaderName, http::HeaderValue)> {
+    headers.into_iter().filter_map(|(name, value)| {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        Some((name, http::HeaderValue::try_from(value).ok()?))
+    })
 }
 
 /// Where a server that cannot bind sends its error when `bindAddressHardFail` is set: the
@@ -258,12 +276,13 @@ pub fn spawn_http_on(
     });
 }
 
-/// Serves HTTP/1 on `listener` until the process exits, answering every request by its
-/// path through `route`. A failing connection or accept is logged, never fatal.
+/// Serves HTTP/1 on `listener` until the process exits or the returned task is aborted
+/// (which closes the listener), answering every request by its path through `route`. A
+/// failing connection or accept is logged, never fatal.
 pub fn spawn_http(
     listener: tokio::net::TcpListener,
     route: impl Fn(&str) -> Reply + Send + Sync + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     let route = Arc::new(route);
     tokio::spawn(async move {
         loop {
@@ -290,7 +309,7 @@ pub fn spawn_http(
                 }
             });
         }
-    });
+    })
 }
 
 #[cfg(test)]

@@ -13,4 +13,5 @@ pub mod events;
 pub mod health;
 pub mod metrics;
 pub mod runner;
+pub mod service_health;
 pub mod sources;
