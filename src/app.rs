@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context as _, Result};
-use kube_proxy_model::{Backend, Changes, ProxyOptions, ProxyState, SyncReport};
+use kube_proxy_model::{Backend, Changes, IpFamily, ProxyOptions, ProxyState, SyncReport};
 use kube_proxy_nftables::{NftCommand, NftablesBackend, StaticAddresses};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -18,6 +18,8 @@ use crate::builder::ModelBuilder;
 use crate::cli::Invocation;
 use crate::config::{KubeProxyConfiguration, LocalMode, ProxyMode};
 use crate::config_watch;
+use crate::conntrack_sysctls;
+use crate::events::Events;
 use crate::health::{self, HealthState, SharedHealth};
 use crate::metrics::{self, Metrics, NoLocalEndpoints};
 use crate::runner::SyncRunner;
@@ -49,7 +51,8 @@ pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let options = proxy_options(inv, &state)?;
     let mut backend = new_backend(inv.config.effective_mode(), options)?;
     let report = backend.sync(&state, &Changes::full())?;
-    clean_stale_flows(&state);
+    // A one-shot run serves no metrics.
+    clean_stale_flows(&state, &Metrics::default());
     tracing::info!(
         applied = report.applied,
         services = state.v4.len() + state.v6.len(),
@@ -59,11 +62,19 @@ pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
 }
 
 /// Deletes the UDP conntrack entries that the rules just synced would not create, as
-/// upstream does after each sync. The rules are right either way, so a failure is a warning.
-fn clean_stale_flows(state: &ProxyState) {
-    match kube_proxy_conntrack::cleanup_stale_flows(state) {
-        Ok(deleted) => tracing::debug!(deleted, "deleted stale conntrack entries"),
-        Err(e) => tracing::warn!(error = %e, "deleting stale conntrack entries failed"),
+/// upstream does after each sync, family by family, recording upstream's reconciler
+/// metrics. The rules are right either way, so a failure is a warning.
+fn clean_stale_flows(state: &ProxyState, metrics: &Metrics) {
+    for family in IpFamily::ALL {
+        let started = std::time::Instant::now();
+        let result = kube_proxy_conntrack::cleanup_stale_flows(state, family);
+        let took = started.elapsed();
+        metrics.conntrack_reconciled(family, took, *result.as_ref().unwrap_or(&0));
+        let took_ms = took.as_millis() as u64;
+        match result {
+            Ok(deleted) => tracing::debug!(%family, deleted, took_ms, "cleaned conntrack entries"),
+            Err(e) => tracing::warn!(%family, error = %e, "cleaning conntrack entries failed"),
+        }
     }
 }
 
@@ -146,6 +157,8 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     let client = apiserver::client(inv.kubeconfig.as_deref(), inv.master.as_deref())
         .await
         .context("building the API client")?;
+    let events = Events::new(client.clone(), &node_name);
+    conntrack_sysctls::setup(config, &events, &node_name)?;
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(apiserver::run(client, node_name.clone(), tx));
     tracing::info!(node = %node_name, mode = mode.as_str(), "kube-proxy-rs started");
@@ -283,7 +296,7 @@ impl Proxy<'_> {
         let started = std::time::Instant::now();
         let report = tokio::task::block_in_place(|| backend.sync(state, changes))
             .inspect_err(|_| self.metrics.nftables_sync_failed())?;
-        tokio::task::block_in_place(|| clean_stale_flows(state));
+        tokio::task::block_in_place(|| clean_stale_flows(state, &self.metrics));
         // Upstream logs every sync only at -v=2; one that changed the kernel is worth more.
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let changed = changes.services.len();

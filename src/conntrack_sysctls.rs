@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 
 use crate::config::KubeProxyConfiguration;
+use crate::events::{node_ref, Events};
 
 /// Where the conntrack hash table size is set. Not a sysctl: a module parameter in sysfs.
 pub const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
@@ -131,6 +132,23 @@ pub enum Outcome {
     /// The hash table needed growing but `/sys` is read-only; the rest is in place. The
     /// caller warns and posts upstream's Event.
     ReadOnlySysfs,
+}
+
+/// Applies `config`'s conntrack settings to the running kernel, as upstream does before it
+/// starts proxying. A read-only `/sys` is warned about and reported with upstream's Warning
+/// Event on Node `node_name`.
+pub fn setup(config: &KubeProxyConfiguration, events: &Events, node_name: &str) -> Result<()> {
+    let settings = ConntrackSettings::of(config, machine_cpus());
+    if apply(&mut RealKernel, &settings)? == Outcome::ReadOnlySysfs {
+        tracing::warn!("{READ_ONLY_SYSFS_MESSAGE}");
+        events.warning(
+            node_ref(node_name),
+            READ_ONLY_SYSFS_REASON,
+            READ_ONLY_SYSFS_ACTION,
+            READ_ONLY_SYSFS_MESSAGE.to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Sets what `settings` asks for, writing only values that differ from the kernel's.

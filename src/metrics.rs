@@ -85,6 +85,9 @@ struct Values {
     service_changes_total: u64,
     no_local_endpoints: NoLocalEndpoints,
     nftables_sync_failures: u64,
+    /// Per family, from its first stale-entry cleanup on, as upstream's vectors.
+    conntrack_reconcile: BTreeMap<IpFamily, Histogram>,
+    conntrack_deleted: BTreeMap<IpFamily, u64>,
     healthz: BTreeMap<u16, u64>,
     livez: BTreeMap<u16, u64>,
 }
@@ -136,6 +139,8 @@ impl Default for Metrics {
             service_changes_total: 0,
             no_local_endpoints: NoLocalEndpoints::default(),
             nftables_sync_failures: 0,
+            conntrack_reconcile: BTreeMap::new(),
+            conntrack_deleted: BTreeMap::new(),
             healthz: BTreeMap::new(),
             livez: BTreeMap::new(),
         }))
@@ -219,6 +224,17 @@ impl Metrics {
         self.values().nftables_sync_failures += 1;
     }
 
+    /// The stale conntrack entries of `family` were cleaned up in `elapsed` (successfully
+    /// or not), deleting `deleted` of them.
+    pub fn conntrack_reconciled(&self, family: IpFamily, elapsed: Duration, deleted: usize) {
+        let mut v = self.values();
+        v.conntrack_reconcile
+            .entry(family)
+            .or_insert_with(|| Histogram::new(sync_buckets()))
+            .observe(elapsed.as_secs_f64());
+        *v.conntrack_deleted.entry(family).or_default() += deleted as u64;
+    }
+
     /// A health probe was answered with `code`.
     pub fn probed(&self, probe: Probe, code: u16) {
         let mut v = self.values();
@@ -257,6 +273,14 @@ impl Metrics {
         ] {
             out.histogram(name, help, histogram);
         }
+        let by_family = v.conntrack_reconcile.iter();
+        let by_family: Vec<_> = by_family.map(|(f, h)| (f.to_string(), h)).collect();
+        out.histograms(
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            "ip_family",
+            &by_family,
+        );
         let one = |value: f64| vec![(String::new(), value)];
         let by_code = |counts: &BTreeMap<u16, u64>| -> Vec<(String, f64)> {
             counts
@@ -327,6 +351,16 @@ impl Metrics {
                 one(v.nftables_sync_failures as f64),
             ),
             (
+                "kubeproxy_conntrack_reconciler_deleted_entries_total",
+                "Cumulative conntrack flows deleted by conntrack reconciler",
+                "counter",
+                "ip_family",
+                v.conntrack_deleted
+                    .iter()
+                    .map(|(family, n)| (family.to_string(), *n as f64))
+                    .collect(),
+            ),
+            (
                 "kubeproxy_proxy_healthz_total",
                 "Cumulative proxy healthz HTTP status",
                 "counter",
@@ -379,18 +413,39 @@ impl Encoder {
         }
     }
 
+    /// A histogram without labels, printed even before its first observation.
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.header(name, help, "histogram");
-        let mut cumulative = 0;
-        for (le, n) in h.bounds.iter().zip(&h.counts) {
-            cumulative += n;
-            let _ = writeln!(self.0, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        self.histograms(name, help, "", &[(String::new(), h)]);
+    }
+
+    /// A family of one histogram per `(label value, histogram)`; `label` empty means no
+    /// label. With no histograms it prints nothing, as client_golang's vectors.
+    fn histograms(&mut self, name: &str, help: &str, label: &str, series: &[(String, &Histogram)]) {
+        if series.is_empty() {
+            return;
         }
-        let _ = writeln!(
-            self.0,
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-            h.count, h.sum, h.count
-        );
+        self.header(name, help, "histogram");
+        for (value, h) in series {
+            // The label goes before `le` in buckets and alone on the sum and count.
+            let (prefix, alone) = if label.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    format!("{label}=\"{value}\","),
+                    format!("{{{label}=\"{value}\"}}"),
+                )
+            };
+            let mut cumulative = 0;
+            for (le, n) in h.bounds.iter().zip(&h.counts) {
+                cumulative += n;
+                let _ = writeln!(self.0, "{name}_bucket{{{prefix}le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(
+                self.0,
+                "{name}_bucket{{{prefix}le=\"+Inf\"}} {}\n{name}_sum{alone} {}\n{name}_count{alone} {}",
+                h.count, h.sum, h.count
+            );
+        }
     }
 }
 

@@ -179,6 +179,10 @@ impl Daemon {
             .args(["--master", &server.url()])
             .args(["--cluster-cidr", CLUSTER_CIDR])
             .args(["--iptables-min-sync-period", MIN_SYNC_PERIOD])
+            // nf_conntrack_max is global and read-only outside the host's namespace, and
+            // upstream's default (131072) may not be what the host has: leave it, as kind
+            // does. A test that wants it passes its own value (the last flag wins).
+            .args(["--conntrack-max-per-core", "0"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(output())

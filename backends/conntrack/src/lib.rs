@@ -10,7 +10,8 @@
 //!
 //! The kernel is reached over ctnetlink (`NETLINK_NETFILTER`), not the `conntrack` tool:
 //! [`Conntrack`] dumps and deletes entries, [`stale_flows`] decides which ones are stale,
-//! and [`cleanup_stale_flows`] does both for a [`ProxyState`](kube_proxy_model::ProxyState).
+//! and [`cleanup_stale_flows`] does both for one family of a
+//! [`ProxyState`](kube_proxy_model::ProxyState).
 
 #[cfg(test)]
 mod captured;

@@ -34,18 +34,17 @@ pub fn stale_flows(state: &ProxyState, flows: &[Flow]) -> Vec<Flow> {
         .collect()
 }
 
-/// Dumps the entries of the [cleaned protocols](CLEANED_PROTOCOLS) of both families in the
-/// current network namespace and deletes the [stale](stale_flows) ones. Returns how many
-/// were deleted; entries that went away on their own in the meantime are not counted.
-pub fn cleanup_stale_flows(state: &ProxyState) -> Result<usize, Error> {
+/// Dumps the `family` entries of the [cleaned protocols](CLEANED_PROTOCOLS) in the current
+/// network namespace and deletes the [stale](stale_flows) ones. Returns how many were
+/// deleted; entries that went away on their own in the meantime are not counted. One
+/// family per call, as upstream's per-family reconciler, whose metrics are per family.
+pub fn cleanup_stale_flows(state: &ProxyState, family: IpFamily) -> Result<usize, Error> {
     let mut conntrack = Conntrack::new()?;
     let mut deleted = 0;
-    for family in IpFamily::ALL {
-        for proto in CLEANED_PROTOCOLS {
-            let flows = conntrack.dump(family, proto)?;
-            for flow in stale_flows(state, &flows) {
-                deleted += usize::from(conntrack.delete(&flow)?);
-            }
+    for proto in CLEANED_PROTOCOLS {
+        let flows = conntrack.dump(family, proto)?;
+        for flow in stale_flows(state, &flows) {
+            deleted += usize::from(conntrack.delete(&flow)?);
         }
     }
     Ok(deleted)

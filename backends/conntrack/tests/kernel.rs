@@ -213,7 +213,10 @@ fn cleanup_deletes_only_stale_entries() {
         let mut ct = Conntrack::new().expect("ctnetlink socket");
         assert_eq!(flows_of(&mut ct, IpFamily::V4, &all).len(), 4);
 
-        assert_eq!(cleanup_stale_flows(&state).expect("cleanup"), 2);
+        assert_eq!(
+            cleanup_stale_flows(&state, IpFamily::V4).expect("cleanup"),
+            2
+        );
         let mut left = [
             expected_flow(&kept, "10.96.0.10:53", "10.244.1.2:5353"),
             expected_flow(&unrelated, "10.244.1.2:5353", "10.244.1.2:5353"),
@@ -221,7 +224,7 @@ fn cleanup_deletes_only_stale_entries() {
         left.sort_by_key(|f| f.orig_sport);
         assert_eq!(flows_of(&mut ct, IpFamily::V4, &all), left);
         assert_eq!(
-            cleanup_stale_flows(&state).expect("cleanup"),
+            cleanup_stale_flows(&state, IpFamily::V4).expect("cleanup"),
             0,
             "nothing left"
         );
