@@ -361,24 +361,6 @@ fn serves_health_and_metrics() {
     });
 }
 
-/// A health server address already in use stops the daemon at start, naming the address.
-#[test]
-fn health_server_bind_failure_is_an_error_naming_the_address() {
-    in_private_netns(|server| {
-        create_node(server);
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-        let addr = taken.local_addr().expect("local address");
-        let mut daemon = Daemon::start_with(server, &[&format!("--healthz-bind-address={addr}")]);
-        let status = daemon.wait_exit();
-        assert!(!status.success(), "kube-proxy ran with {addr} taken");
-        let log = daemon.log();
-        assert!(
-            log.contains(&format!("failed to start proxy healthz on {addr}")),
-            "the error does not name {addr}:\n{log}"
-        );
-    });
-}
-
 /// How many `/healthz` probes the metrics `text` counts with status `code`.
 fn probes(text: &str, code: &str) -> u64 {
     let prefix = format!("kubeproxy_proxy_healthz_total{{code=\"{code}\"}} ");

@@ -172,6 +172,12 @@ impl Daemon {
 
     /// As [`Daemon::start`], with `extra` flags.
     pub fn start_with(server: &FakeApiServer, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(server, extra, &[])
+    }
+
+    /// As [`Daemon::start_with`], with the environment variables `env` set (e.g. a `PATH`
+    /// that puts a wrapper before a tool the daemon runs).
+    pub fn start_with_env(server: &FakeApiServer, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = tempfile::NamedTempFile::new().expect("a log file");
         let output = || log.as_file().try_clone().expect("dup the log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kube-proxy"))
@@ -184,6 +190,7 @@ impl Daemon {
             // does. A test that wants it passes its own value (the last flag wins).
             .args(["--conntrack-max-per-core", "0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(output())
             .stderr(output())
@@ -220,6 +227,27 @@ impl Daemon {
                 Err(_) => thread::sleep(POLL),
             }
         }
+    }
+
+    /// Waits (at most [`CONVERGE`]) until the daemon's output contains `text`.
+    pub fn wait_for_log(&mut self, text: &str) {
+        let path = self.log.path().to_owned();
+        self.wait_until(&format!("kube-proxy to log {text:?}"), || {
+            let log = std::fs::read_to_string(&path).expect("read the log");
+            log.contains(text)
+                .then_some(())
+                .ok_or_else(|| "not logged yet".to_owned())
+        });
+    }
+
+    /// Checks for `window` that the daemon keeps running.
+    pub fn assert_alive_for(&mut self, window: Duration) {
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            self.assert_alive();
+            thread::sleep(POLL);
+        }
+        self.assert_alive();
     }
 
     /// Waits until the daemon has its watchers' requests open on `server` (which, when
