@@ -49,13 +49,7 @@ impl Connection {
         O: NetlinkDeserializable,
     {
         self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-        message.finalize();
-        let mut bytes = vec![0; message.buffer_len()];
-        message.serialize(&mut bytes);
+        let bytes = encode(request, flags, self.seq);
         self.socket.send(&bytes, 0).map_err(Error::Socket)?;
         loop {
             self.buf.clear();
@@ -75,6 +69,18 @@ impl Connection {
             }
         }
     }
+}
+
+/// The netlink message that sends `request` with `flags` and sequence number `seq`.
+pub(crate) fn encode<I: NetlinkSerializable>(request: I, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
 }
 
 /// Hands the messages in one datagram to `on_message`; true when it ends the answer to
@@ -197,4 +203,121 @@ pub(crate) fn u32_value(value: &[u8], what: &str) -> Result<u32, Error> {
 /// The value of an attribute the kernel always sends, or an error naming it.
 pub(crate) fn required<T>(value: Option<T>, what: &str) -> Result<T, Error> {
     value.ok_or_else(|| Error::Malformed(format!("{what} missing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::wire::Answer;
+    use crate::kernel_answers::{self as answers, bytes};
+
+    /// Runs [`datagram_ends`] on `datagram` for request 7, with the commands it saw.
+    fn read(datagram: &[u8]) -> (Result<bool, Error>, Vec<u8>) {
+        let mut cmds = Vec::new();
+        let result = datagram_ends(datagram, 7, "dump", &mut |a: Answer| {
+            cmds.push(a.cmd);
+            Ok(())
+        });
+        (result, cmds)
+    }
+
+    /// An `NLMSG_ERROR` answer to request 7 with `code` (0: an acknowledgement), quoting
+    /// the request's header.
+    fn nlmsg_error(code: i32) -> Vec<u8> {
+        let header = [
+            36u32.to_le_bytes(),
+            [2, 0, 0, 1],
+            7u32.to_le_bytes(),
+            [0; 4],
+        ];
+        let request = [
+            16u32.to_le_bytes(),
+            [0x23, 0, 5, 0],
+            7u32.to_le_bytes(),
+            [0; 4],
+        ];
+        [
+            header.concat(),
+            code.to_le_bytes().to_vec(),
+            request.concat(),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_dump_ends_with_nlmsg_done() {
+        let (v4, v6, done) = (
+            bytes(answers::SERVICE_V4),
+            bytes(answers::SERVICE_V6),
+            bytes(answers::DONE),
+        );
+        let (ends, cmds) = read(&[v4.clone(), v6].concat());
+        assert!(!ends.unwrap(), "more to come");
+        assert_eq!(cmds, [1, 1]);
+        let (ends, cmds) = read(&[v4, done].concat());
+        assert!(ends.unwrap(), "both in one datagram");
+        assert_eq!(cmds, [1]);
+    }
+
+    #[test]
+    fn answers_to_other_requests_are_skipped() {
+        let mut message = bytes(answers::SERVICE_V4);
+        message[8] = 6; // sequence number
+        let (ends, cmds) = read(&message);
+        assert!(!ends.unwrap());
+        assert_eq!(cmds, []);
+    }
+
+    #[test]
+    fn acknowledgements_end_and_errors_fail_a_request() {
+        let (ends, _) = read(&[bytes(answers::CONFIG), nlmsg_error(0)].concat());
+        assert!(ends.unwrap());
+        let error = read(&nlmsg_error(-libc::EEXIST)).0.unwrap_err();
+        assert!(error.is_exists(), "{error}");
+        assert!(!error.is_not_found());
+        let error = read(&nlmsg_error(-libc::ESRCH)).0.unwrap_err();
+        assert!(error.is_not_found(), "{error}");
+        let mut done = bytes(answers::DONE);
+        done[16..20].copy_from_slice(&(-libc::EINTR).to_le_bytes());
+        assert_eq!(read(&done).0.unwrap_err().errno(), Some(libc::EINTR));
+    }
+
+    #[test]
+    fn a_failing_handler_stops_the_answer() {
+        let result = datagram_ends(&bytes(answers::SERVICE_V4), 7, "dump", &mut |_: Answer| {
+            Err(Error::Malformed("no".into()))
+        });
+        assert!(matches!(result, Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn malformed_datagrams_are_errors() {
+        assert!(matches!(read(&[1, 2, 3]).0, Err(Error::Malformed(_))));
+        let message = bytes(answers::SERVICE_V4);
+        let (result, _) = read(&message[..message.len() - 8]);
+        assert!(matches!(result, Err(Error::Malformed(_))), "{result:?}");
+        // Shorter than its genlmsghdr.
+        let mut short = bytes(answers::DONE)[..16].to_vec();
+        short[..4].copy_from_slice(&18u32.to_le_bytes());
+        short[4] = 0x23;
+        short.extend([1, 1]);
+        assert!(matches!(read(&short).0, Err(Error::Malformed(_))));
+    }
+
+    fn attrs_of(bytes: &[u8]) -> Result<Vec<(u16, &[u8])>, Error> {
+        attrs(bytes).collect()
+    }
+
+    #[test]
+    fn attributes_are_read_with_their_lengths_checked() {
+        let two = [6, 0, 1, 0, 0xaa, 0xbb, 0, 0, 4, 0, 2, 0x80];
+        let read = attrs_of(&two).unwrap();
+        assert_eq!(read, [(1, &[0xaa, 0xbb][..]), (2, &[][..])], "flags masked");
+        assert!(
+            attrs_of(&[9, 0, 1, 0, 0]).is_err(),
+            "longer than the buffer"
+        );
+        assert!(attrs_of(&[2, 0, 1, 0]).is_err(), "shorter than its header");
+        assert!(matches!(u32_value(&[1, 2], "x"), Err(Error::Malformed(_))));
+    }
 }

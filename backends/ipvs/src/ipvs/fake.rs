@@ -248,3 +248,139 @@ impl IpvsClient for FakeIpvs {
 fn same_server(a: &RealServer, b: &RealServer) -> bool {
     (a.addr, a.port) == (b.addr, b.port)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::{Scheduler, ServiceFlags};
+    use kube_proxy_model::Protocol;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn svc() -> VirtualServer {
+        VirtualServer::new(ip("10.96.0.10"), 53, Protocol::Udp, Scheduler::default())
+    }
+
+    #[test]
+    fn services_are_added_updated_and_deleted_once() {
+        let mut ipvs = FakeIpvs::new();
+        ipvs.add_service(&svc()).unwrap();
+        assert!(ipvs.add_service(&svc()).unwrap_err().is_exists());
+        let mut changed = svc();
+        changed.scheduler = Scheduler::new("mh").unwrap();
+        changed.flags = ServiceFlags::SCHED_MH_FALLBACK;
+        ipvs.update_service(&changed).unwrap();
+        assert_eq!(ipvs.clone().services().unwrap(), [changed]);
+        ipvs.delete_service(&svc().key()).unwrap();
+        let error = ipvs.delete_service(&svc().key()).unwrap_err();
+        assert_eq!(error.errno(), Some(libc::ESRCH));
+        assert!(ipvs.update_service(&svc()).unwrap_err().is_not_found());
+        assert_eq!(ipvs.writes(), 3);
+    }
+
+    #[test]
+    fn the_kernel_checks_are_made() {
+        let mut ipvs = FakeIpvs::new();
+        let mut bad = svc();
+        bad.scheduler = Scheduler::new("nosuch").unwrap();
+        assert_eq!(
+            ipvs.add_service(&bad).unwrap_err().errno(),
+            Some(libc::ENOENT)
+        );
+        bad = VirtualServer::new(ip("fd00::10"), 53, Protocol::Udp, Scheduler::default());
+        bad.netmask = 0;
+        assert_eq!(
+            ipvs.add_service(&bad).unwrap_err().errno(),
+            Some(libc::EINVAL)
+        );
+        bad.netmask = 129;
+        assert!(matches!(ipvs.add_service(&bad), Err(Error::Invalid(_))));
+        assert_eq!(ipvs.writes(), 0);
+    }
+
+    #[test]
+    fn real_servers_need_their_service_and_family() {
+        let mut ipvs = FakeIpvs::new();
+        let key = svc().key();
+        let pod = RealServer::new(ip("10.244.1.2"), 5353, 1);
+        assert_eq!(
+            ipvs.add_destination(&key, &pod).unwrap_err().errno(),
+            Some(libc::ESRCH)
+        );
+        assert_eq!(
+            ipvs.destinations(&key).unwrap(),
+            [],
+            "none for an unknown service"
+        );
+        ipvs.add_service(&svc()).unwrap();
+        ipvs.add_destination(&key, &pod).unwrap();
+        assert!(ipvs.add_destination(&key, &pod).unwrap_err().is_exists());
+        let v6 = RealServer::new(ip("fd00:244::2"), 5353, 1);
+        assert_eq!(
+            ipvs.add_destination(&key, &v6).unwrap_err().errno(),
+            Some(libc::EINVAL)
+        );
+        let bad_thresholds = RealServer {
+            lower_threshold: 5,
+            ..RealServer::new(ip("10.244.1.3"), 5353, 1)
+        };
+        let error = ipvs.add_destination(&key, &bad_thresholds).unwrap_err();
+        assert_eq!(error.errno(), Some(libc::ERANGE));
+
+        let drained = RealServer { weight: 0, ..pod };
+        ipvs.update_destination(&key, &drained).unwrap();
+        let stats = RealServerStats {
+            active_conns: 2,
+            inactive_conns: 1,
+            persistent_conns: 0,
+        };
+        assert!(ipvs.set_stats(&key, pod.addr, pod.port, stats));
+        let expected = Destination {
+            server: drained,
+            stats,
+        };
+        assert_eq!(ipvs.destinations(&key).unwrap(), [expected]);
+
+        ipvs.delete_destination(&key, &pod).unwrap();
+        assert!(ipvs
+            .delete_destination(&key, &pod)
+            .unwrap_err()
+            .is_not_found());
+        assert!(ipvs
+            .update_destination(&key, &pod)
+            .unwrap_err()
+            .is_not_found());
+    }
+
+    #[test]
+    fn flush_and_config_behave_as_the_kernel() {
+        let mut ipvs = FakeIpvs::new();
+        ipvs.add_service(&svc()).unwrap();
+        ipvs.flush().unwrap();
+        assert_eq!(ipvs.services().unwrap(), []);
+        assert_eq!(ipvs.config().unwrap(), DEFAULT_TIMEOUTS);
+        let udp_only = Timeouts {
+            udp: Duration::from_secs(30),
+            ..Timeouts::default()
+        };
+        ipvs.set_config(&udp_only).unwrap();
+        let expected = Timeouts {
+            udp: Duration::from_secs(30),
+            ..DEFAULT_TIMEOUTS
+        };
+        assert_eq!(ipvs.config().unwrap(), expected);
+    }
+
+    #[test]
+    fn an_injected_failure_fails_the_next_change_only() {
+        let mut ipvs = FakeIpvs::new();
+        ipvs.fail_next(libc::ENOMEM);
+        assert_eq!(
+            ipvs.add_service(&svc()).unwrap_err().errno(),
+            Some(libc::ENOMEM)
+        );
+        ipvs.add_service(&svc()).unwrap();
+    }
+}

@@ -4,7 +4,7 @@
 mod fake;
 mod socket;
 mod types;
-mod wire;
+pub(crate) mod wire;
 
 pub use fake::FakeIpvs;
 pub use socket::Ipvs;

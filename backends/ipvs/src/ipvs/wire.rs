@@ -229,7 +229,8 @@ pub(crate) fn service(svc: &VirtualServer) -> Result<Attr, Error> {
             svc.key()
         )));
     }
-    let flags = svc.flags.bits() & !ServiceFlags::HASHED;
+    // ServiceFlags cannot hold the hashed bit, so it is never sent.
+    let flags = svc.flags.bits();
     let mut attrs = key_attrs(&svc.key());
     attrs.extend([
         Attr::string(IPVS_SVC_ATTR_SCHED_NAME, svc.scheduler.as_str()),
@@ -490,5 +491,324 @@ fn protocol_of(num: u16) -> Option<Protocol> {
         libc::IPPROTO_UDP => Some(Protocol::Udp),
         libc::IPPROTO_SCTP => Some(Protocol::Sctp),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel_answers::{self as answers, bytes};
+    use crate::netlink::encode;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+
+    // Requests with sequence number 1 and NLM_F_REQUEST | NLM_F_ACK to IPVS family 0x23,
+    // built byte by byte from the uapi layout (nests flagged NLA_F_NESTED).
+    const FAMILY_REQUEST: &str = "\
+2000000010000500010000000000000003020000090002004950565300000000";
+    const ADD_SERVICE_V4: &str = "\
+5c00000023000500010000000000000001010000480001800600010002000000060002000600000008000300\
+0a6000010600040001bb000007000600727200000c00070001000000ffffffff08000800302a000008000900\
+ffffff00";
+    const DELETE_DEST_V6: &str = "\
+6c0000002300050001000000000000000701000030000180060001000a000000060002008400000014000300\
+fd000000000000000000000000000010060004000f1c00002800028014000100fd0002440000000000000000\
+00000002060002000f1c000006000b000a000000";
+    const ADD_DEST_V6: &str = "\
+8c0000002300050001000000000000000501000030000180060001000a000000060002008400000014000300\
+fd000000000000000000000000000010060004000f1c00004800028014000100fd0002440000000000000000\
+00000002060002000f1c000006000b000a000000080003000000000008000400030000000800050064000000\
+080006000a000000";
+    const SET_CONFIG: &str = "\
+240000002300050001000000000000000c01000008000400201c0000080006001e000000";
+
+    const FAMILY: u16 = 0x23;
+
+    fn sent(request: Request) -> Vec<u8> {
+        encode(request, NLM_F_REQUEST | NLM_F_ACK, 1)
+    }
+
+    /// The one message in `hex`, as the socket would hand it over.
+    fn answer(hex: &str) -> Answer {
+        match NetlinkMessage::<Answer>::deserialize(&bytes(hex))
+            .unwrap()
+            .payload
+        {
+            NetlinkPayload::InnerMessage(answer) => answer,
+            other => panic!("not an answer: {other:?}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn sctp_v6() -> ServiceKey {
+        ServiceKey {
+            addr: ip("fd00::10"),
+            port: 3868,
+            protocol: Protocol::Sctp,
+        }
+    }
+
+    fn dest_v6() -> RealServer {
+        RealServer {
+            upper_threshold: 100,
+            lower_threshold: 10,
+            ..RealServer::new(ip("fd00:244::2"), 3868, 3)
+        }
+    }
+
+    #[test]
+    fn the_family_lookup_names_ipvs_and_reads_its_id() {
+        assert_eq!(
+            sent(Request::family_id(IPVS_GENL_NAME)),
+            bytes(FAMILY_REQUEST)
+        );
+        assert_eq!(answer(answers::FAMILY).family_id().unwrap(), 0x23);
+    }
+
+    #[test]
+    fn services_are_encoded_as_the_uapi_says() {
+        let svc = VirtualServer {
+            flags: ServiceFlags::PERSISTENT,
+            timeout: 10800,
+            netmask: 24,
+            ..VirtualServer::new(ip("10.96.0.1"), 443, Protocol::Tcp, Scheduler::default())
+        };
+        let request = Request::ipvs(FAMILY, IPVS_CMD_NEW_SERVICE, vec![service(&svc).unwrap()]);
+        assert_eq!(sent(request), bytes(ADD_SERVICE_V4));
+    }
+
+    #[test]
+    fn the_hashed_flag_is_dropped_from_kernel_values() {
+        let flags = ServiceFlags::from_bits(ServiceFlags::HASHED | 1);
+        assert_eq!(flags, ServiceFlags::PERSISTENT);
+        assert_eq!(flags.bits(), 1);
+    }
+
+    #[test]
+    fn netmasks_beyond_the_address_length_are_refused() {
+        let mut svc = VirtualServer::new(ip("10.0.0.1"), 80, Protocol::Udp, Scheduler::default());
+        svc.netmask = 33;
+        assert!(matches!(service(&svc), Err(Error::Invalid(_))));
+        svc.addr = ip("fd00::1");
+        assert!(service(&svc).is_ok());
+    }
+
+    #[test]
+    fn real_servers_are_encoded_as_the_uapi_says() {
+        let attrs = vec![
+            service_key(&sctp_v6()),
+            destination(&dest_v6(), true).unwrap(),
+        ];
+        let add = Request::ipvs(FAMILY, IPVS_CMD_NEW_DEST, attrs);
+        assert_eq!(sent(add), bytes(ADD_DEST_V6));
+        let attrs = vec![
+            service_key(&sctp_v6()),
+            destination(&dest_v6(), false).unwrap(),
+        ];
+        let delete = Request::ipvs(FAMILY, IPVS_CMD_DEL_DEST, attrs);
+        assert_eq!(sent(delete), bytes(DELETE_DEST_V6));
+    }
+
+    #[test]
+    fn weights_beyond_a_c_int_are_refused() {
+        let dest = RealServer::new(ip("10.0.0.1"), 80, 1 << 31);
+        assert!(matches!(destination(&dest, true), Err(Error::Invalid(_))));
+        assert!(
+            destination(&dest, false).is_ok(),
+            "a delete ignores the weight"
+        );
+    }
+
+    #[test]
+    fn timeouts_send_only_the_nonzero_ones_in_whole_seconds() {
+        let set = Timeouts {
+            tcp: Duration::from_secs(7200),
+            tcp_fin: Duration::ZERO,
+            udp: Duration::from_secs(30),
+        };
+        let request = Request::ipvs(FAMILY, IPVS_CMD_SET_CONFIG, timeouts(&set).unwrap());
+        assert_eq!(sent(request), bytes(SET_CONFIG));
+        for bad in [
+            Duration::from_millis(1500),
+            Duration::from_millis(1),
+            Duration::from_secs(1 << 31),
+        ] {
+            let set = Timeouts { udp: bad, ..set };
+            assert!(matches!(timeouts(&set), Err(Error::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dumped_services_parse() {
+        let v4 = answer(answers::SERVICE_V4).service().unwrap().unwrap();
+        let expected =
+            VirtualServer::new(ip("10.96.0.1"), 443, Protocol::Tcp, Scheduler::default());
+        assert_eq!(v4, expected, "hashed flag cleared, /32 netmask");
+
+        let v6 = answer(answers::SERVICE_V6).service().unwrap().unwrap();
+        let flags = ServiceFlags::PERSISTENT
+            | ServiceFlags::SCHED_MH_FALLBACK
+            | ServiceFlags::SCHED_MH_PORT;
+        let expected = VirtualServer {
+            flags,
+            timeout: 10800,
+            ..VirtualServer::new(
+                ip("fd00::10"),
+                53,
+                Protocol::Udp,
+                Scheduler::new("mh").unwrap(),
+            )
+        };
+        assert_eq!(v6, expected);
+        assert!(v6.flags.contains(ServiceFlags::PERSISTENT));
+        assert!(!v6.flags.contains(ServiceFlags::ONE_PACKET));
+    }
+
+    #[test]
+    fn firewall_mark_services_are_skipped() {
+        assert_eq!(answer(answers::SERVICE_FWMARK).service().unwrap(), None);
+    }
+
+    #[test]
+    fn services_read_back_as_they_were_written() {
+        let mut svc = VirtualServer::new(
+            ip("fd00::1"),
+            8080,
+            Protocol::Sctp,
+            Scheduler::new("wrr").unwrap(),
+        );
+        svc.flags = ServiceFlags::PERSISTENT | ServiceFlags::ONE_PACKET;
+        svc.timeout = 60;
+        svc.netmask = 64;
+        let Attr::Nest(_, attrs) = service(&svc).unwrap() else {
+            panic!("not a nest")
+        };
+        let nest = Attr::Nest(IPVS_CMD_ATTR_SERVICE, attrs);
+        let mut payload = vec![0; nest.buffer_len()];
+        [nest].as_slice().emit(&mut payload);
+        let dumped = Answer {
+            cmd: IPVS_CMD_NEW_SERVICE,
+            attrs: payload,
+        };
+        assert_eq!(dumped.service().unwrap(), Some(svc));
+    }
+
+    #[test]
+    fn dumped_real_servers_parse_with_their_counters() {
+        let v4 = answer(answers::DEST_V4).destination(IpFamily::V4).unwrap();
+        let expected = Destination {
+            server: RealServer {
+                upper_threshold: 100,
+                lower_threshold: 50,
+                ..RealServer::new(ip("10.244.1.2"), 8443, 1)
+            },
+            stats: RealServerStats {
+                active_conns: 3,
+                inactive_conns: 2,
+                persistent_conns: 1,
+            },
+        };
+        assert_eq!(v4, expected);
+
+        let v6 = answer(answers::DEST_V6).destination(IpFamily::V6).unwrap();
+        assert_eq!(v6.server, RealServer::new(ip("fd00:244::2"), 5353, 0));
+        assert_eq!(v6.stats.inactive_conns, 4);
+    }
+
+    #[test]
+    fn the_config_answer_parses() {
+        let expected = Timeouts {
+            tcp: Duration::from_secs(900),
+            tcp_fin: Duration::from_secs(120),
+            udp: Duration::from_secs(300),
+        };
+        assert_eq!(answer(answers::CONFIG).timeouts().unwrap(), expected);
+    }
+
+    #[test]
+    fn an_answer_of_another_command_is_malformed() {
+        assert!(matches!(
+            answer(answers::CONFIG).service(),
+            Err(Error::Malformed(_))
+        ));
+        assert!(matches!(
+            answer(answers::SERVICE_V4).timeouts(),
+            Err(Error::Malformed(_))
+        ));
+        assert!(matches!(
+            answer(answers::DEST_V4).family_id(),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn missing_attributes_are_malformed() {
+        // The IPv6 service without its netmask (the nest's last attribute but statistics).
+        let mut svc = answer(answers::SERVICE_V6);
+        svc.attrs.truncate(4 + 72);
+        svc.attrs[..2].copy_from_slice(&76u16.to_ne_bytes());
+        match svc.service() {
+            Err(Error::Malformed(m)) => assert!(m.contains("NETMASK"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn damaged_answers_are_errors_never_panics() {
+        let all = [
+            answers::FAMILY,
+            answers::SERVICE_V4,
+            answers::SERVICE_V6,
+            answers::SERVICE_FWMARK,
+            answers::DEST_V4,
+            answers::DEST_V6,
+            answers::CONFIG,
+        ];
+        for hex in all {
+            let good = answer(hex);
+            // Every truncation and every single-byte change of the attributes.
+            for len in 0..good.attrs.len() {
+                let cut = Answer {
+                    attrs: good.attrs[..len].to_vec(),
+                    ..good.clone()
+                };
+                parse_all(&cut);
+            }
+            for at in 0..good.attrs.len() {
+                for value in [0, 1, 3, 0x7f, 0xff] {
+                    let mut bad = good.clone();
+                    bad.attrs[at] = value;
+                    parse_all(&bad);
+                }
+            }
+        }
+    }
+
+    /// Runs every parser on `answer`; only panics matter.
+    fn parse_all(answer: &Answer) {
+        let _ = answer.family_id();
+        let _ = answer.service();
+        let _ = answer.destination(IpFamily::V4);
+        let _ = answer.destination(IpFamily::V6);
+        let _ = answer.timeouts();
+    }
+
+    #[test]
+    fn scheduler_names_are_checked() {
+        for good in ["rr", "wrr", "mh", "lblcr", "twos"] {
+            assert_eq!(Scheduler::new(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "RR",
+            "r r",
+            "rr\0",
+            "sixteen-letters!",
+            "abcdefghijklmnop",
+        ] {
+            assert!(Scheduler::new(bad).is_err(), "{bad:?}");
+        }
     }
 }
