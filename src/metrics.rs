@@ -571,6 +571,41 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_reconciler_families_appear_with_their_first_cleanup() {
+        let m = Metrics::default();
+        assert!(!m.encode().contains("kubeproxy_conntrack_reconciler"));
+        m.conntrack_reconciled(IpFamily::V4, Duration::from_millis(3), 2);
+        m.conntrack_reconciled(IpFamily::V4, Duration::from_millis(20), 1);
+        m.conntrack_reconciled(IpFamily::V6, Duration::from_millis(1), 0);
+        let text = m.encode();
+        let name = "kubeproxy_conntrack_reconciler_sync_duration_seconds";
+        let deleted = "kubeproxy_conntrack_reconciler_deleted_entries_total";
+        for want in [
+            format!("# HELP {name} ReconcileConntrackFlowsLatency latency in seconds"),
+            format!("# TYPE {name} histogram"),
+            format!("{name}_bucket{{ip_family=\"IPv4\",le=\"0.002\"}} 0"),
+            format!("{name}_bucket{{ip_family=\"IPv4\",le=\"0.004\"}} 1"),
+            format!("{name}_bucket{{ip_family=\"IPv4\",le=\"0.032\"}} 2"),
+            format!("{name}_bucket{{ip_family=\"IPv4\",le=\"+Inf\"}} 2"),
+            format!("{name}_sum{{ip_family=\"IPv4\"}} 0.023"),
+            format!("{name}_count{{ip_family=\"IPv4\"}} 2"),
+            format!("{name}_bucket{{ip_family=\"IPv6\",le=\"0.001\"}} 1"),
+            format!("{name}_count{{ip_family=\"IPv6\"}} 1"),
+            format!("# HELP {deleted} Cumulative conntrack flows deleted by conntrack reconciler"),
+            format!("# TYPE {deleted} counter"),
+            format!("{deleted}{{ip_family=\"IPv4\"}} 3"),
+            format!("{deleted}{{ip_family=\"IPv6\"}} 0"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
+        assert_eq!(lines(&text, &format!("{name}_bucket")).len(), 2 * 16);
+        assert_eq!(lines(&text, &format!("# TYPE {name}")).len(), 1);
+    }
+
+    #[test]
     fn no_local_endpoints_counts_local_policies_with_endpoints_elsewhere_only() {
         use kube_proxy_model::{
             Endpoint, NodeInfo, Protocol, ServiceEntry, ServicePort, ServicePortName,
