@@ -270,8 +270,9 @@ fn malformed_objects_do_not_disturb_other_services() {
 }
 
 /// The health server answers `/healthz` and `/livez` with upstream's JSON once the first
-/// sync is done, and the metrics server serves the sync histogram, the probe counters, the
-/// proxy mode and the effective configuration, each on the address its flag names. When the cluster autoscaler marks
+/// sync is done, and the metrics server serves the sync histogram, the conntrack
+/// reconciler's metrics, the probe counters, the proxy mode and the effective
+/// configuration, each on the address its flag names. When the cluster autoscaler marks
 /// our Node for deletion, `/healthz` turns 503 and `/livez` stays 200.
 #[test]
 fn serves_health_and_metrics() {
@@ -320,6 +321,25 @@ fn serves_health_and_metrics() {
             .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count "))
             .and_then(|n| n.parse::<u64>().ok());
         assert!(count.is_some_and(|n| n > 0), "no synced duration:\n{text}");
+        // Each sync ends with the stale-entry cleanup of each family (nothing to delete here).
+        for family in ["IPv4", "IPv6"] {
+            let label = format!("{{ip_family=\"{family}\"}}");
+            let count =
+                format!("kubeproxy_conntrack_reconciler_sync_duration_seconds_count{label} ");
+            let cleanups = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&count))
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(
+                cleanups.is_some_and(|n| n > 0),
+                "no {family} cleanup:\n{text}"
+            );
+            let deleted = format!("kubeproxy_conntrack_reconciler_deleted_entries_total{label} 0");
+            assert!(
+                text.lines().any(|l| l == deleted),
+                "no {deleted:?}:\n{text}"
+            );
+        }
         assert!(
             probes(&text, "200") >= 1,
             "the /healthz probe is not counted:\n{text}"
