@@ -377,13 +377,10 @@ fn plan(
     previous: &Programmed,
     existing: &BTreeSet<String>,
 ) -> (RestoreInput, Programmed, bool) {
-    let mut input = if selection.is_none() {
-        canaries()
-    } else {
-        RestoreInput::default()
-    };
-    let skeleton = skeleton(ctx);
-    input.tables.extend(skeleton.tables);
+    let mut input = skeleton(ctx);
+    if selection.is_none() {
+        add_canaries(&mut input);
+    }
     let mut chains = previous.chains.clone();
     let mut stale: BTreeSet<String> = existing.clone();
     let services = state.services(ctx.family);

@@ -196,14 +196,16 @@ pub fn skeleton(ctx: &Context) -> RestoreInput {
     input
 }
 
-/// The `KUBE-PROXY-CANARY` chains: a rule in an empty chain of each table, so that both a
-/// deleted table and a flushed one (`iptables -t nat -F`) show as a missing rule.
-pub fn canaries() -> RestoreInput {
-    let mut input = RestoreInput::default();
+/// Adds the `KUBE-PROXY-CANARY` chains: a rule in an otherwise unused chain of mangle,
+/// filter and nat, so that both a deleted table and a flushed one (`iptables -t nat -F`)
+/// show as a missing rule.
+pub fn add_canaries(input: &mut RestoreInput) {
+    if !input.tables.iter().any(|t| t.table == Table::Mangle) {
+        input.tables.insert(0, TableInput::new(Table::Mangle));
+    }
     for table in [Table::Mangle, Table::Filter, Table::Nat] {
         input.table(table).rule(KUBE_PROXY_CANARY, canary_rule());
     }
-    input
 }
 
 /// The rule every canary chain holds.
