@@ -28,7 +28,18 @@ fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Op
         Some(f())
     })
     .join()
-    .expect("the test thread panicked")
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Brings the namespace's loopback up. IPVS refuses (`EINVAL`) an IPv4 real server whose
+/// address is neither local nor unicast, and a namespace without any address has no local
+/// routing table yet, where every address counts as neither.
+fn loopback_up() {
+    let status = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("running ip (iproute2)");
+    assert!(status.success(), "ip link set lo up: {status}");
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -243,7 +254,10 @@ fn sorted(mut services: Vec<VirtualServer>) -> Vec<VirtualServer> {
 fn ipvs_kernel_and_fake_agree() {
     let fake = scenario(&mut FakeIpvs::new());
     let kernel = in_new_netns(|| match Ipvs::new() {
-        Ok(mut ipvs) => Some(scenario(&mut ipvs)),
+        Ok(mut ipvs) => {
+            loopback_up();
+            Some(scenario(&mut ipvs))
+        }
         Err(Error::Unavailable(why)) => {
             eprintln!("SKIPPED: the IPVS kernel test: {why}");
             None
