@@ -23,6 +23,7 @@ use crate::events::Events;
 use crate::health::{self, HealthState, SharedHealth};
 use crate::metrics::{self, Metrics, NoLocalEndpoints};
 use crate::runner::SyncRunner;
+use crate::service_health::ServiceHealthServers;
 use crate::sources::{apiserver, manifest};
 
 /// Events buffered between the watchers and the sync loop; watchers wait when it is full.
@@ -162,12 +163,6 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     tokio::spawn(apiserver::run(client, node_name.clone(), tx));
     tracing::info!(node = %node_name, mode = mode.as_str(), "kube-proxy-rs started");
-    // Said loudly because load balancers probe these: a LoadBalancer Service with
-    // externalTrafficPolicy Local gets no healthy nodes until they exist.
-    tracing::warn!(
-        "not implemented yet: the health-check node ports of externalTrafficPolicy: Local \
-         Services (healthCheckNodePort is accepted but not served)"
-    );
     // Upstream's healthTimeout: a queued update may wait two periodic syncs.
     let health = Arc::new(Mutex::new(HealthState::new(2 * config.sync_period())));
     let metrics = Arc::new(Metrics::default());
@@ -179,12 +174,14 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
         let configz = serde_json::to_value(config).context("encoding the configuration")?;
         metrics::serve(addr, metrics.clone(), mode.as_str(), configz, hard_fail);
     }
+    let service_health = ServiceHealthServers::new(node_name, events, health.clone());
     let mut proxy = Proxy {
         inv,
         builder: new_builder(config)?,
         runner: SyncRunner::new(config.min_sync_period(), config.sync_period()),
         backend: None,
         health,
+        service_health,
         metrics,
     };
     proxy.run(rx, fatal).await
@@ -200,6 +197,8 @@ struct Proxy<'a> {
     backend: Option<(ProxyOptions, Box<dyn Backend>)>,
     /// What `/healthz` and `/livez` report.
     health: SharedHealth,
+    /// The health-check node ports, updated after each successful sync.
+    service_health: ServiceHealthServers,
     metrics: Arc<Metrics>,
 }
 
@@ -275,6 +274,9 @@ impl Proxy<'_> {
             let no_local = NoLocalEndpoints::of(&state);
             self.metrics.synced(now, &changes.trigger_times, no_local);
             health::lock(&self.health).synced(now);
+            let (options, _) = self.backend.as_ref().expect("synced through a backend");
+            let node_port_addresses = &options.node_port_addresses;
+            self.service_health.update(&state, node_port_addresses);
         }
         self.runner.finish(Instant::now(), full, result.is_ok());
     }

@@ -191,15 +191,15 @@ struct Listeners {
 /// [`update`]: ServiceHealthServers::update
 pub struct ServiceHealthServers {
     node_name: String,
-    events: Option<Events>,
+    events: Events,
     health: SharedHealth,
     open: BTreeMap<ServiceName, Listeners>,
 }
 
 impl ServiceHealthServers {
     /// None open yet. Answers report `health`; ports that fail to open are recorded as
-    /// Events through `events` (when given) about node `node_name`'s proxy.
-    pub fn new(node_name: String, events: Option<Events>, health: SharedHealth) -> Self {
+    /// Events through `events` about node `node_name`'s proxy.
+    pub fn new(node_name: String, events: Events, health: SharedHealth) -> Self {
         ServiceHealthServers {
             node_name,
             events,
@@ -296,10 +296,9 @@ impl ServiceHealthServers {
             self.node_name,
             name.to_string()
         );
-        if let Some(events) = &self.events {
-            let regarding = events::service_ref(&name.namespace, &name.name);
-            events.warning(regarding, "FailedToStartServiceHealthcheck", "Listen", note);
-        }
+        let regarding = events::service_ref(&name.namespace, &name.name);
+        self.events
+            .warning(regarding, "FailedToStartServiceHealthcheck", "Listen", note);
     }
 }
 
