@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context as _, Result};
+use kube_proxy_iptables::{detect_variant, IptablesBackend, IptablesCommand, Variant};
 use kube_proxy_model::{Backend, Changes, IpFamily, ProxyOptions, ProxyState, SyncReport};
 use kube_proxy_nftables::{NftCommand, NftablesBackend, StaticAddresses};
 use tokio::sync::mpsc;
@@ -36,9 +37,18 @@ pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     // Rendering never runs `nft` (the executor only satisfies the constructor), and takes
     // the node's interfaces to hold just its node IPs: the output describes that node, not
     // the machine it is rendered on.
-    let backend = match inv.config.effective_mode() {
-        ProxyMode::NfTables => NftablesBackend::with_executor(options, NftCommand::new())
-            .with_address_source(StaticAddresses(state.node.ips.clone())),
+    let addresses = StaticAddresses(state.node.ips.clone());
+    let backend: Box<dyn Backend> = match inv.config.effective_mode() {
+        ProxyMode::NfTables => Box::new(
+            NftablesBackend::with_executor(options, NftCommand::new())
+                .with_address_source(addresses),
+        ),
+        // The executor is never run by `render`; any variant does.
+        ProxyMode::IpTables => Box::new(
+            IptablesBackend::with_executor(options, IptablesCommand::new(Variant::Nft))
+                .with_address_source(addresses)
+                .with_localhost_node_ports(localhost_node_ports(&inv.config)),
+        ),
         mode => bail!(unsupported(mode)),
     };
     print!("{}", backend.render(&state)?);
@@ -50,7 +60,7 @@ pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
 pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let state = state_from_manifests(&inv.config, files)?;
     let options = proxy_options(inv, &state)?;
-    let mut backend = new_backend(inv.config.effective_mode(), options)?;
+    let mut backend = new_backend(&inv.config, options)?;
     let report = backend.sync(&state, &Changes::full())?;
     // A one-shot run serves no metrics.
     clean_stale_flows(&state, &Metrics::default());
@@ -94,12 +104,23 @@ fn proxy_options(inv: &Invocation, state: &ProxyState) -> Result<ProxyOptions> {
     Ok(options)
 }
 
-/// The backend for `mode`, ready to program the kernel.
-fn new_backend(mode: ProxyMode, options: ProxyOptions) -> Result<Box<dyn Backend>> {
-    match mode {
+/// The backend of `config`'s mode, ready to program the kernel.
+fn new_backend(config: &KubeProxyConfiguration, options: ProxyOptions) -> Result<Box<dyn Backend>> {
+    match config.effective_mode() {
         ProxyMode::NfTables => Ok(Box::new(NftablesBackend::new(options)?)),
+        // The variant the node's other programs (kubelet) use, as upstream's image picks it.
+        ProxyMode::IpTables => Ok(Box::new(IptablesBackend::new(
+            options,
+            detect_variant(),
+            localhost_node_ports(config),
+        )?)),
         mode => bail!(unsupported(mode)),
     }
+}
+
+/// `iptables.localhostNodePorts` (default true).
+fn localhost_node_ports(config: &KubeProxyConfiguration) -> bool {
+    config.iptables.localhost_node_ports.unwrap_or(true)
 }
 
 fn unsupported(mode: ProxyMode) -> String {
@@ -145,7 +166,7 @@ fn new_builder(config: &KubeProxyConfiguration) -> Result<ModelBuilder> {
 pub async fn daemon(inv: &Invocation) -> Result<()> {
     let config = &inv.config;
     let mode = config.effective_mode();
-    if !matches!(mode, ProxyMode::NfTables) {
+    if !matches!(mode, ProxyMode::NfTables | ProxyMode::IpTables) {
         bail!(unsupported(mode));
     }
     let node_name = config.node_name()?;
@@ -290,7 +311,7 @@ impl Proxy<'_> {
         }
         let options = proxy_options(self.inv, state)?;
         if self.backend.as_ref().is_none_or(|(o, _)| *o != options) {
-            let backend = new_backend(self.inv.config.effective_mode(), options.clone())?;
+            let backend = new_backend(&self.inv.config, options.clone())?;
             self.backend = Some((options, backend));
             changes.full = true;
         }
