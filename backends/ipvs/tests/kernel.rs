@@ -22,7 +22,9 @@ fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Op
         // SAFETY: unshare only changes this thread's namespaces; no memory is involved.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
             let error = std::io::Error::last_os_error();
-            eprintln!("SKIPPED: unshare(CLONE_NEWNET) failed (run as root): {error}");
+            skip(&format!(
+                "unshare(CLONE_NEWNET) failed (run as root): {error}"
+            ));
             return None;
         }
         Some(f())
@@ -40,6 +42,13 @@ fn loopback_up() {
         .status()
         .expect("running ip (iproute2)");
     assert!(status.success(), "ip link set lo up: {status}");
+}
+
+/// Says that a test skips its kernel part, and why. It writes to the process's stderr
+/// directly, which the test harness does not capture, so the message shows in every run.
+fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -250,19 +259,26 @@ fn sorted(mut services: Vec<VirtualServer>) -> Vec<VirtualServer> {
     services
 }
 
+/// The value of `result`, or `None` after saying that `test` skips because the kernel
+/// lacks what it needs; any other error fails the test.
+fn available<T>(test: &str, result: Result<T, Error>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(Error::Unavailable(why)) => {
+            skip(&format!("{test}: {why}"));
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
 #[test]
 fn ipvs_kernel_and_fake_agree() {
     let fake = scenario(&mut FakeIpvs::new());
-    let kernel = in_new_netns(|| match Ipvs::new() {
-        Ok(mut ipvs) => {
-            loopback_up();
-            Some(scenario(&mut ipvs))
-        }
-        Err(Error::Unavailable(why)) => {
-            eprintln!("SKIPPED: the IPVS kernel test: {why}");
-            None
-        }
-        Err(e) => panic!("IPVS: {e}"),
+    let kernel = in_new_netns(|| {
+        let mut ipvs = available("the IPVS kernel test", Ipvs::new())?;
+        loopback_up();
+        Some(scenario(&mut ipvs))
     });
     if let Some(Some(kernel)) = kernel {
         assert_eq!(kernel, fake);
@@ -276,15 +292,14 @@ fn dummy_link_lifecycle() {
         assert!(!link.delete().unwrap(), "no link yet");
         let error = link.addresses().unwrap_err();
         assert_eq!(error.errno(), Some(libc::ENODEV), "{error}");
-        match link.ensure() {
-            Ok(existed) => assert!(!existed),
-            Err(Error::Unavailable(why)) => {
-                assert!(why.contains("modprobe dummy"), "{why}");
-                eprintln!("SKIPPED: the dummy link kernel test: {why}");
-                return;
-            }
-            Err(e) => panic!("creating {KUBE_IPVS0}: {e}"),
+        let result = link.ensure();
+        if let Err(Error::Unavailable(why)) = &result {
+            assert!(why.contains("modprobe dummy"), "{why}");
         }
+        let Some(existed) = available("the dummy link kernel test", result) else {
+            return;
+        };
+        assert!(!existed);
         assert!(link.ensure().unwrap(), "exists now");
 
         let (v4, v6) = (ip("10.96.0.10"), ip("fd00::10"));
@@ -306,5 +321,57 @@ fn dummy_link_lifecycle() {
         assert_eq!(link.addresses().unwrap(), [v6]);
         assert!(link.delete().unwrap());
         assert!(!link.delete().unwrap());
+    });
+}
+
+/// The counters of real servers follow real connections: a TCP connection through a
+/// service address bound to the dummy link counts as active while it is established and
+/// as inactive once the client has closed it (what graceful termination waits for).
+#[test]
+fn real_server_counters_follow_connections() {
+    in_new_netns(|| {
+        const TEST: &str = "the IPVS counters test";
+        let Some(mut ipvs) = available(TEST, Ipvs::new()) else {
+            return;
+        };
+        let mut link = DummyLink::new(KUBE_IPVS0).unwrap();
+        if available(TEST, link.ensure()).is_none() {
+            return;
+        }
+        loopback_up();
+        let vip = ip("10.96.0.1");
+        link.add_address(vip).unwrap();
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let svc = VirtualServer::new(vip, port, Protocol::Tcp, Scheduler::default());
+        ipvs.add_service(&svc).unwrap();
+        // This host as the real server: the packets reach the listener unchanged.
+        let local = RealServer {
+            fwd_method: kube_proxy_ipvs::FwdMethod::Local,
+            ..RealServer::new(ip("127.0.0.1"), port, 1)
+        };
+        ipvs.add_destination(&svc.key(), &local).unwrap();
+
+        let client = std::net::TcpStream::connect((vip, port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let stats = |ipvs: &mut Ipvs| ipvs.destinations(&svc.key()).unwrap()[0].stats;
+        let open = stats(&mut ipvs);
+        assert_eq!((open.active_conns, open.inactive_conns), (1, 0), "{open:?}");
+
+        drop(client);
+        drop(server);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let closed = loop {
+            let now = stats(&mut ipvs);
+            if now.active_conns == 0 || std::time::Instant::now() > deadline {
+                break now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            (closed.active_conns, closed.inactive_conns),
+            (0, 1),
+            "{closed:?}"
+        );
     });
 }
