@@ -4,7 +4,12 @@
 //! One scenario runs on both the kernel and [`FakeIpvs`], and their transcripts must be
 //! equal: that is what "the fake behaves like the kernel" means. Kernels without IPVS or
 //! the dummy link type (such as the development machines') skip the kernel part with a
-//! message; `.ci/vm/run` boots one that has both.
+//! message. `.ci/vm/run` boots one that has both (after `.ci/vm/prepare`):
+//!
+//! ```sh
+//! CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=$PWD/.ci/vm/run \
+//!     cargo test -p kube-proxy-ipvs --test kernel
+//! ```
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -339,39 +344,53 @@ fn real_server_counters_follow_connections() {
             return;
         }
         loopback_up();
-        let vip = ip("10.96.0.1");
-        link.add_address(vip).unwrap();
-        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let svc = VirtualServer::new(vip, port, Protocol::Tcp, Scheduler::default());
-        ipvs.add_service(&svc).unwrap();
-        // This host as the real server: the packets reach the listener unchanged.
-        let local = RealServer {
-            fwd_method: kube_proxy_ipvs::FwdMethod::Local,
-            ..RealServer::new(ip("127.0.0.1"), port, 1)
-        };
-        ipvs.add_destination(&svc.key(), &local).unwrap();
-
-        let client = std::net::TcpStream::connect((vip, port)).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let stats = |ipvs: &mut Ipvs| ipvs.destinations(&svc.key()).unwrap()[0].stats;
-        let open = stats(&mut ipvs);
-        assert_eq!((open.active_conns, open.inactive_conns), (1, 0), "{open:?}");
-
-        drop(client);
-        drop(server);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let closed = loop {
-            let now = stats(&mut ipvs);
-            if now.active_conns == 0 || std::time::Instant::now() > deadline {
-                break now;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert_eq!(
-            (closed.active_conns, closed.inactive_conns),
-            (0, 1),
-            "{closed:?}"
-        );
+        for (vip, this_host) in [("10.96.0.1", "127.0.0.1"), ("fd00::1", "::1")] {
+            count_one_connection(&mut ipvs, &mut link, ip(vip), ip(this_host));
+        }
     });
+}
+
+/// Connects to `vip` (bound to `link`) through a service whose one real server is
+/// `this_host`, checking the counters while the connection is open and after it closed.
+fn count_one_connection(ipvs: &mut Ipvs, link: &mut DummyLink, vip: IpAddr, this_host: IpAddr) {
+    link.add_address(vip).unwrap();
+    // Packets reach the listener with the VIP as their destination: it must listen on
+    // every address.
+    let any: IpAddr = match vip {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let listener = std::net::TcpListener::bind((any, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let svc = VirtualServer::new(vip, port, Protocol::Tcp, Scheduler::default());
+    ipvs.add_service(&svc).unwrap();
+    // This host as the real server: IPVS hands the packets to the local stack unchanged.
+    let local = RealServer {
+        fwd_method: kube_proxy_ipvs::FwdMethod::Local,
+        ..RealServer::new(this_host, port, 1)
+    };
+    ipvs.add_destination(&svc.key(), &local).unwrap();
+
+    let client = std::net::TcpStream::connect((vip, port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let mut stats = || ipvs.destinations(&svc.key()).unwrap()[0].stats;
+    let open = stats();
+    assert_eq!(
+        (open.active_conns, open.inactive_conns),
+        (1, 0),
+        "{vip}: {open:?}"
+    );
+
+    drop(client);
+    drop(server);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let closed = loop {
+        let now = stats();
+        if now.active_conns == 0 || std::time::Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let counts = (closed.active_conns, closed.inactive_conns);
+    assert_eq!(counts, (0, 1), "{vip}: {closed:?}");
 }

@@ -43,8 +43,8 @@ impl Default for Inner {
 }
 
 /// A fake kernel IPVS. Clones share state, so a test keeps one handle and gives another
-/// to the backend. Services are listed in key order, real servers in the order they were
-/// added (the kernel's orders are its hash table's and the same).
+/// to the backend. Services are listed in key order and real servers in the order they
+/// were added; the kernel promises no order, so callers must not depend on one.
 #[derive(Debug, Clone, Default)]
 pub struct FakeIpvs {
     inner: Arc<Mutex<Inner>>,
