@@ -35,7 +35,9 @@ pub enum Error {
     /// The kernel answered a request with an error.
     #[error("{request} refused by the kernel: {source}")]
     Kernel {
+        /// What was asked, e.g. `IPVS add service`.
         request: &'static str,
+        /// The kernel's errno.
         #[source]
         source: std::io::Error,
     },

@@ -12,8 +12,11 @@ use crate::Error;
 /// What identifies a virtual service to the kernel: address, port and protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
+    /// The virtual address (a ClusterIP, externalIP, LoadBalancer or node IP).
     pub addr: IpAddr,
+    /// The service port.
     pub port: u16,
+    /// TCP, UDP or SCTP.
     pub protocol: Protocol,
 }
 
@@ -39,10 +42,15 @@ impl fmt::Display for ServiceKey {
 /// connections are spread over its real servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtualServer {
+    /// The virtual address.
     pub addr: IpAddr,
+    /// The service port.
     pub port: u16,
+    /// TCP, UDP or SCTP.
     pub protocol: Protocol,
+    /// How new connections pick a real server.
     pub scheduler: Scheduler,
+    /// Persistence and scheduler options.
     pub flags: ServiceFlags,
     /// How long a client sticks to its real server, in seconds, with
     /// [`ServiceFlags::PERSISTENT`] (upstream: the Service's affinity timeout).
@@ -135,6 +143,7 @@ impl fmt::Display for Scheduler {
 pub struct ServiceFlags(u32);
 
 impl ServiceFlags {
+    /// No flag.
     pub const NONE: ServiceFlags = ServiceFlags(0);
     /// Clients stick to their real server for the service's timeout (session affinity).
     pub const PERSISTENT: ServiceFlags = ServiceFlags(0x0001);
@@ -235,11 +244,14 @@ impl FwdMethod {
 /// kernel identifies it within its service by address and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RealServer {
+    /// The endpoint's address, of the service's family.
     pub addr: IpAddr,
+    /// The endpoint's port.
     pub port: u16,
     /// Its share of new connections; 0 takes it out of scheduling while its connections
     /// live on (upstream's graceful termination).
     pub weight: u32,
+    /// How packets reach it.
     pub fwd_method: FwdMethod,
     /// No new connections while it has this many; 0 means no limit.
     pub upper_threshold: u32,
@@ -275,7 +287,9 @@ pub struct RealServerStats {
 /// A real server as read back, with its counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Destination {
+    /// The real server as it is programmed.
     pub server: RealServer,
+    /// Its connection counters.
     pub stats: RealServerStats,
 }
 
