@@ -5,8 +5,11 @@ use netlink_sys::protocols::NETLINK_GENERIC;
 
 use super::wire::{self, Answer, Request};
 use super::{Destination, IpvsClient, RealServer, ServiceKey, Timeouts, VirtualServer};
-use crate::netlink::{Attr, Connection};
+use crate::netlink::{required, Attr, Connection};
 use crate::Error;
+
+const ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
+const DUMP: u16 = NLM_F_REQUEST | NLM_F_DUMP;
 
 /// A generic netlink socket bound to the IPVS family, in the network namespace of the
 /// thread that opened it. IPVS state is per network namespace.
@@ -21,22 +24,14 @@ impl Ipvs {
     /// kernel can).
     pub fn new() -> Result<Self, Error> {
         let mut conn = Connection::open(NETLINK_GENERIC)?;
-        let mut family = None;
-        let lookup = Request::family_id(wire::IPVS_GENL_NAME);
-        match conn.request("generic netlink family lookup", lookup, ACK, |a: Answer| {
-            family = Some(a.family_id()?);
-            Ok(())
-        }) {
-            Err(e) if e.errno() == Some(libc::ENOENT) => {
-                return Err(Error::Unavailable(
-                    "the kernel has no IPVS (generic netlink family \"IPVS\" not found); \
-                     load it with `modprobe ip_vs`"
-                        .into(),
-                ))
-            }
-            result => result?,
-        }
-        let family = crate::netlink::required(family, "the IPVS family id")?;
+        let family = match family_id(&mut conn) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Err(Error::Unavailable(
+                "the kernel has no IPVS (generic netlink family \"IPVS\" not found); \
+                 load it with `modprobe ip_vs`"
+                    .into(),
+            )),
+            result => result,
+        }?;
         Ok(Ipvs { conn, family })
     }
 
@@ -65,8 +60,16 @@ impl Ipvs {
     }
 }
 
-const ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
-const DUMP: u16 = NLM_F_REQUEST | NLM_F_DUMP;
+/// Asks nlctrl for the IPVS family's id.
+fn family_id(conn: &mut Connection) -> Result<u16, Error> {
+    let mut family = None;
+    let lookup = Request::family_id(wire::IPVS_GENL_NAME);
+    conn.request("generic netlink family lookup", lookup, ACK, |a: Answer| {
+        family = Some(a.family_id()?);
+        Ok(())
+    })?;
+    required(family, "the IPVS family id")
+}
 
 impl IpvsClient for Ipvs {
     fn services(&mut self) -> Result<Vec<VirtualServer>, Error> {
@@ -131,7 +134,7 @@ impl IpvsClient for Ipvs {
                 timeouts = Some(a.timeouts()?);
                 Ok(())
             })?;
-        crate::netlink::required(timeouts, "IPVS config answer")
+        required(timeouts, "IPVS config answer")
     }
 
     fn set_config(&mut self, timeouts: &Timeouts) -> Result<(), Error> {
