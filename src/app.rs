@@ -292,7 +292,7 @@ impl Proxy<'_> {
         self.metrics.sync_took(started.elapsed(), full);
         if result.is_ok() {
             let now = SystemTime::now();
-            let no_local = NoLocalEndpoints::of(&state);
+            let no_local = NoLocalEndpoints::by_family(&state);
             self.metrics.synced(now, &changes.trigger_times, no_local);
             health::lock(&self.health).synced(now);
             let (options, _) = self.backend.as_ref().expect("synced through a backend");

@@ -83,7 +83,8 @@ struct Values {
     endpoint_changes_total: u64,
     service_changes_pending: u64,
     service_changes_total: u64,
-    no_local_endpoints: NoLocalEndpoints,
+    /// Per family, from the first successful sync on.
+    no_local_endpoints: BTreeMap<IpFamily, NoLocalEndpoints>,
     nftables_sync_failures: u64,
     /// Per family, from its first stale-entry cleanup on, as upstream's vectors.
     conntrack_reconcile: BTreeMap<IpFamily, Histogram>,
@@ -103,20 +104,27 @@ pub struct NoLocalEndpoints {
 }
 
 impl NoLocalEndpoints {
-    /// Counts the service ports of both families in `state`, as upstream's sync does.
-    pub fn of(state: &ProxyState) -> Self {
+    /// Counts the service ports of `family` in `state`, as upstream's sync of that
+    /// family does.
+    pub fn of(state: &ProxyState, family: IpFamily) -> Self {
         let mut counts = NoLocalEndpoints::default();
-        for family in IpFamily::ALL {
-            for entry in state.services(family).values() {
-                let eps = &entry.categorized;
-                if !eps.has_any || !eps.local.is_empty() {
-                    continue;
-                }
-                counts.internal += u64::from(entry.port.internal_policy_local);
-                counts.external += u64::from(entry.port.external_policy_local);
+        for entry in state.services(family).values() {
+            let eps = &entry.categorized;
+            if !eps.has_any || !eps.local.is_empty() {
+                continue;
             }
+            counts.internal += u64::from(entry.port.internal_policy_local);
+            counts.external += u64::from(entry.port.external_policy_local);
         }
         counts
+    }
+
+    /// The counts of each family in `state`.
+    pub fn by_family(state: &ProxyState) -> BTreeMap<IpFamily, Self> {
+        IpFamily::ALL
+            .into_iter()
+            .map(|family| (family, NoLocalEndpoints::of(state, family)))
+            .collect()
     }
 }
 
@@ -137,7 +145,7 @@ impl Default for Metrics {
             endpoint_changes_total: 0,
             service_changes_pending: 0,
             service_changes_total: 0,
-            no_local_endpoints: NoLocalEndpoints::default(),
+            no_local_endpoints: BTreeMap::new(),
             nftables_sync_failures: 0,
             conntrack_reconcile: BTreeMap::new(),
             conntrack_deleted: BTreeMap::new(),
@@ -207,7 +215,12 @@ impl Metrics {
     }
 
     /// A sync succeeded at `now`, programming the EndpointSlice changes made at `triggers`.
-    pub fn synced(&self, now: SystemTime, triggers: &[SystemTime], no_local: NoLocalEndpoints) {
+    pub fn synced(
+        &self,
+        now: SystemTime,
+        triggers: &[SystemTime],
+        no_local: BTreeMap<IpFamily, NoLocalEndpoints>,
+    ) {
         let mut v = self.values();
         v.last_synced = unix_seconds(now);
         v.no_local_endpoints = no_local;
@@ -249,139 +262,171 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let v = self.values();
         let mut out = Encoder(String::new());
-        for (name, help, histogram) in [
+        let reconciles = v.conntrack_reconcile.iter();
+        let reconciles = reconciles.map(|(f, h)| (family_label(*f), h)).collect();
+        for (name, help, series) in [
             (
                 "kubeproxy_sync_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds",
-                &v.sync,
+                per_sync(&v.sync),
             ),
             (
                 "kubeproxy_sync_full_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds for full resyncs",
-                &v.sync_full,
+                per_sync(&v.sync_full),
             ),
             (
                 "kubeproxy_sync_partial_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds for partial resyncs",
-                &v.sync_partial,
+                per_sync(&v.sync_partial),
             ),
             (
                 "kubeproxy_network_programming_duration_seconds",
                 "In Cluster Network Programming Latency in seconds",
-                &v.network_programming,
+                per_sync(&v.network_programming),
+            ),
+            (
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "ReconcileConntrackFlowsLatency latency in seconds",
+                reconciles,
             ),
         ] {
-            out.histogram(name, help, histogram);
+            out.histograms(name, help, &series);
         }
-        let by_family = v.conntrack_reconcile.iter();
-        let by_family: Vec<_> = by_family.map(|(f, h)| (f.to_string(), h)).collect();
-        out.histograms(
-            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
-            "ReconcileConntrackFlowsLatency latency in seconds",
-            "ip_family",
-            &by_family,
-        );
+        // A sync's gauges and counters, under each family from their first recording on.
+        let per_family = |value: f64, recorded: bool| -> Vec<(String, f64)> {
+            let families = recorded.then_some(SYNCED_FAMILIES).into_iter().flatten();
+            families.map(|f| (family_label(f), value)).collect()
+        };
         let one = |value: f64| vec![(String::new(), value)];
         let by_code = |counts: &BTreeMap<u16, u64>| -> Vec<(String, f64)> {
             counts
                 .iter()
-                .map(|(code, n)| (code.to_string(), *n as f64))
+                .map(|(code, n)| (format!("code=\"{code}\""), *n as f64))
                 .collect()
         };
-        let no_local = vec![
-            ("external".to_owned(), v.no_local_endpoints.external as f64),
-            ("internal".to_owned(), v.no_local_endpoints.internal as f64),
-        ];
-        // (name, help, type, label name or "", samples)
-        for (name, help, kind, label, samples) in [
+        let no_local = v.no_local_endpoints.iter().flat_map(|(family, n)| {
+            [("external", n.external), ("internal", n.internal)].map(|(policy, count)| {
+                let labels = format!("{},traffic_policy=\"{policy}\"", family_label(*family));
+                (labels, count as f64)
+            })
+        });
+        let deleted = v.conntrack_deleted.iter();
+        let deleted = deleted
+            .map(|(f, n)| (family_label(*f), *n as f64))
+            .collect();
+        let failures = v.nftables_sync_failures;
+        // (name, help, type, samples)
+        for (name, help, kind, samples) in [
             (
                 "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
                 "The last time proxy rules were successfully synced",
                 "gauge",
-                "",
-                one(v.last_synced),
+                per_family(v.last_synced, v.last_synced > 0.0),
             ),
             (
                 "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
                 "The last time a sync of proxy rules was queued",
                 "gauge",
-                "",
-                one(v.last_queued),
+                per_family(v.last_queued, v.last_queued > 0.0),
             ),
             (
                 "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
                 "Pending proxy rules Endpoint changes",
                 "gauge",
-                "",
                 one(v.endpoint_changes_pending as f64),
             ),
             (
                 "kubeproxy_sync_proxy_rules_endpoint_changes_total",
                 "Cumulative proxy rules Endpoint changes",
                 "counter",
-                "",
                 one(v.endpoint_changes_total as f64),
             ),
             (
                 "kubeproxy_sync_proxy_rules_service_changes_pending",
                 "Pending proxy rules Service changes",
                 "gauge",
-                "",
                 one(v.service_changes_pending as f64),
             ),
             (
                 "kubeproxy_sync_proxy_rules_service_changes_total",
                 "Cumulative proxy rules Service changes",
                 "counter",
-                "",
                 one(v.service_changes_total as f64),
             ),
             (
                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
                 "Number of services with a Local traffic policy and no endpoints",
                 "gauge",
-                "traffic_policy",
-                no_local,
+                no_local.collect(),
             ),
             (
                 "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
                 "Cumulative proxy nftables sync failures",
                 "counter",
-                "",
-                one(v.nftables_sync_failures as f64),
+                per_family(failures as f64, failures > 0),
             ),
             (
                 "kubeproxy_conntrack_reconciler_deleted_entries_total",
                 "Cumulative conntrack flows deleted by conntrack reconciler",
                 "counter",
-                "ip_family",
-                v.conntrack_deleted
-                    .iter()
-                    .map(|(family, n)| (family.to_string(), *n as f64))
-                    .collect(),
+                deleted,
             ),
             (
                 "kubeproxy_proxy_healthz_total",
                 "Cumulative proxy healthz HTTP status",
                 "counter",
-                "code",
                 by_code(&v.healthz),
             ),
             (
                 "kubeproxy_proxy_livez_total",
                 "Cumulative proxy livez HTTP status",
                 "counter",
-                "code",
                 by_code(&v.livez),
             ),
         ] {
-            out.series(name, help, kind, label, &samples);
+            out.series(name, help, kind, &samples);
         }
         out.0
     }
 }
 
-/// Writes metric families in the text format.
+/// The families each sync programs, under which its observations are reported. Upstream
+/// runs one proxier per family and labels their metrics `ip_family` (v1.33+); our
+/// nftables backend programs both families in one transaction, so what a sync observes
+/// (its duration, its failure, the programming latency of the changes it carries) is
+/// true of both, and is reported under each, as dashboards built for upstream expect.
+/// Summing over `ip_family` therefore counts each sync twice. (On a kernel without IPv6
+/// nf_tables the backend programs IPv4 only, and IPv6 is listed all the same: the backend
+/// does not tell the daemon which families it programs.)
+const SYNCED_FAMILIES: [IpFamily; 2] = IpFamily::ALL;
+
+/// What a sync observed in `h`, under each family it programs; the families appear with
+/// the first observation, as client_golang's vectors.
+fn per_sync(h: &Histogram) -> Vec<(String, &Histogram)> {
+    let observed = (h.count > 0)
+        .then_some(SYNCED_FAMILIES)
+        .into_iter()
+        .flatten();
+    observed.map(|f| (family_label(f), h)).collect()
+}
+
+/// The `ip_family` label of `family`, as upstream spells it (`IPv4`, `IPv6`).
+fn family_label(family: IpFamily) -> String {
+    format!("ip_family=\"{family}\"")
+}
+
+/// `{labels}`, or nothing for no labels.
+fn braces(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    }
+}
+
+/// Writes metric families in the text format. Labels come rendered (`a="x",b="y"`, or
+/// empty for none).
 struct Encoder(String);
 
 impl Encoder {
@@ -390,60 +435,41 @@ impl Encoder {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
-    /// A family of one sample per `(label value, value)`; `label` empty means no label.
-    /// A labelled family with no samples yet prints nothing, as client_golang's vectors.
-    fn series(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: &str,
-        label: &str,
-        samples: &[(String, f64)],
-    ) {
+    /// A family of one sample per `(labels, value)`. With no samples it prints nothing,
+    /// as client_golang's vectors before their first use.
+    fn series(&mut self, name: &str, help: &str, kind: &str, samples: &[(String, f64)]) {
         if samples.is_empty() {
             return;
         }
         self.header(name, help, kind);
-        for (label_value, value) in samples {
-            if label.is_empty() {
-                let _ = writeln!(self.0, "{name} {value}");
-            } else {
-                let _ = writeln!(self.0, "{name}{{{label}=\"{label_value}\"}} {value}");
-            }
+        for (labels, value) in samples {
+            let _ = writeln!(self.0, "{name}{} {value}", braces(labels));
         }
     }
 
-    /// A histogram without labels, printed even before its first observation.
-    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.histograms(name, help, "", &[(String::new(), h)]);
-    }
-
-    /// A family of one histogram per `(label value, histogram)`; `label` empty means no
-    /// label. With no histograms it prints nothing, as client_golang's vectors.
-    fn histograms(&mut self, name: &str, help: &str, label: &str, series: &[(String, &Histogram)]) {
+    /// A family of one histogram per `(labels, histogram)`; with none it prints nothing.
+    fn histograms(&mut self, name: &str, help: &str, series: &[(String, &Histogram)]) {
         if series.is_empty() {
             return;
         }
         self.header(name, help, "histogram");
-        for (value, h) in series {
-            // The label goes before `le` in buckets and alone on the sum and count.
-            let (prefix, alone) = if label.is_empty() {
-                (String::new(), String::new())
+        for (labels, h) in series {
+            // The labels go before `le` in buckets, and alone on the sum and count.
+            let prefix = if labels.is_empty() {
+                String::new()
             } else {
-                (
-                    format!("{label}=\"{value}\","),
-                    format!("{{{label}=\"{value}\"}}"),
-                )
+                format!("{labels},")
             };
             let mut cumulative = 0;
             for (le, n) in h.bounds.iter().zip(&h.counts) {
                 cumulative += n;
                 let _ = writeln!(self.0, "{name}_bucket{{{prefix}le=\"{le}\"}} {cumulative}");
             }
+            let (inf, alone) = (h.count, braces(labels));
             let _ = writeln!(
                 self.0,
-                "{name}_bucket{{{prefix}le=\"+Inf\"}} {}\n{name}_sum{alone} {}\n{name}_count{alone} {}",
-                h.count, h.sum, h.count
+                "{name}_bucket{{{prefix}le=\"+Inf\"}} {inf}\n{name}_sum{alone} {}\n{name}_count{alone} {}",
+                h.sum, h.count
             );
         }
     }
@@ -493,8 +519,12 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative_with_inf_sum_and_count() {
+    fn histogram_buckets_are_cumulative_with_inf_sum_and_count_per_family() {
         let m = Metrics::default();
+        assert!(
+            !m.encode().contains("_duration_seconds"),
+            "no family before the first sync"
+        );
         m.sync_took(Duration::from_millis(3), true);
         m.sync_took(Duration::from_millis(3), false);
         m.sync_took(Duration::from_secs(60), false);
@@ -503,34 +533,54 @@ mod tests {
         assert!(text.contains(&format!(
             "# HELP {name} SyncProxyRules latency in seconds\n# TYPE {name} histogram\n"
         )));
+        // One sync programs both families: each reports it.
         let buckets = lines(&text, &format!("{name}_bucket"));
-        assert_eq!(buckets.len(), 16);
-        assert_eq!(buckets[0], format!("{name}_bucket{{le=\"0.001\"}} 0"));
-        assert_eq!(buckets[2], format!("{name}_bucket{{le=\"0.004\"}} 2"));
-        assert_eq!(buckets[14], format!("{name}_bucket{{le=\"16.384\"}} 2"));
-        assert_eq!(buckets[15], format!("{name}_bucket{{le=\"+Inf\"}} 3"));
+        assert_eq!(buckets.len(), 2 * 16);
+        let v4 = "ip_family=\"IPv4\"";
+        assert_eq!(buckets[0], format!("{name}_bucket{{{v4},le=\"0.001\"}} 0"));
+        assert_eq!(buckets[2], format!("{name}_bucket{{{v4},le=\"0.004\"}} 2"));
+        assert_eq!(
+            buckets[14],
+            format!("{name}_bucket{{{v4},le=\"16.384\"}} 2")
+        );
+        assert_eq!(buckets[15], format!("{name}_bucket{{{v4},le=\"+Inf\"}} 3"));
+        let v6: Vec<String> = buckets[16..]
+            .iter()
+            .map(|b| b.replace("IPv6", "IPv4"))
+            .collect();
+        assert_eq!(buckets[..16], v6, "the same buckets under IPv6");
         assert_eq!(
             lines(&text, &format!("{name}_count")),
-            [format!("{name}_count 3")]
+            [
+                format!("{name}_count{{ip_family=\"IPv4\"}} 3"),
+                format!("{name}_count{{ip_family=\"IPv6\"}} 3")
+            ]
         );
         assert_eq!(
-            lines(&text, &format!("{name}_sum")),
-            [format!("{name}_sum 60.006")]
+            lines(&text, &format!("{name}_sum{{{v4}}}")),
+            [format!("{name}_sum{{{v4}}} 60.006")]
         );
         let full = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
         let partial = "kubeproxy_sync_partial_proxy_rules_duration_seconds_count";
-        assert_eq!(lines(&text, full), [format!("{full} 1")]);
-        assert_eq!(lines(&text, partial), [format!("{partial} 2")]);
+        assert_eq!(lines(&text, full)[0], format!("{full}{{{v4}}} 1"));
+        assert_eq!(
+            lines(&text, partial)[1],
+            format!("{partial}{{ip_family=\"IPv6\"}} 2")
+        );
     }
 
     #[test]
     fn counters_gauges_and_labelled_families() {
         let m = Metrics::default();
         let text = m.encode();
-        assert!(
-            !text.contains("kubeproxy_proxy_healthz_total"),
-            "no code label value before the first probe"
-        );
+        for family in [
+            "kubeproxy_proxy_healthz_total",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+        ] {
+            assert!(!text.contains(family), "{family} before its first value");
+        }
         m.probed(Probe::Healthz, 200);
         m.probed(Probe::Healthz, 200);
         m.probed(Probe::Healthz, 503);
@@ -541,10 +591,17 @@ mod tests {
         m.synced(
             at,
             &[at - Duration::from_millis(300), at + Duration::from_secs(5)],
-            NoLocalEndpoints {
-                internal: 2,
-                external: 1,
-            },
+            [
+                (
+                    IpFamily::V4,
+                    NoLocalEndpoints {
+                        internal: 2,
+                        external: 1,
+                    },
+                ),
+                (IpFamily::V6, NoLocalEndpoints::default()),
+            ]
+            .into(),
         );
         let text = m.encode();
         for want in [
@@ -552,16 +609,21 @@ mod tests {
             "kubeproxy_proxy_healthz_total{code=\"200\"} 2",
             "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
             "kubeproxy_proxy_livez_total{code=\"200\"} 1",
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000000.5",
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 1700000000.5",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv6\"} 1",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"} 1700000000.5",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv6\"} 1700000000.5",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv6\"} 1700000000.5",
             "# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 2",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"internal\"} 2",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"external\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv6\",traffic_policy=\"internal\"} 0",
             // Only the trigger in the past counts; it falls into the 0.5 s bucket.
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.25\"} 0",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 1",
-            "kubeproxy_network_programming_duration_seconds_count 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.25\"} 0",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.5\"} 1",
+            "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv6\"} 1",
+            // Not per family upstream either.
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == want),
@@ -657,12 +719,10 @@ mod tests {
         add("none-at-all", "10.96.0.3", internal, &[]);
         add("has-local", "10.96.0.4", internal, &[("10.244.1.4", true)]);
         add("cluster", "10.96.0.5", |_| {}, &[("10.244.2.5", false)]);
+        let counts = |internal, external| NoLocalEndpoints { internal, external };
         assert_eq!(
-            NoLocalEndpoints::of(&state),
-            NoLocalEndpoints {
-                internal: 2,
-                external: 1
-            }
+            NoLocalEndpoints::by_family(&state),
+            [(IpFamily::V4, counts(1, 1)), (IpFamily::V6, counts(1, 0))].into()
         );
     }
 

@@ -316,24 +316,20 @@ fn serves_health_and_metrics() {
 
         let (status, text) = http_get(metrics, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200);
-        let count = text
-            .lines()
-            .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count "))
-            .and_then(|n| n.parse::<u64>().ok());
-        assert!(count.is_some_and(|n| n > 0), "no synced duration:\n{text}");
-        // Each sync ends with the stale-entry cleanup of each family (nothing to delete here).
+        // Upstream's ip_family label: one sync programs both families, so each reports
+        // it. Each sync ends with the stale-entry cleanup of each family (nothing to
+        // delete here).
+        let count = |name: &str, label: &str| {
+            let prefix = format!("{name}_count{label} ");
+            let count = text.lines().find_map(|l| l.strip_prefix(&prefix));
+            count.and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+        };
         for family in ["IPv4", "IPv6"] {
             let label = format!("{{ip_family=\"{family}\"}}");
-            let count =
-                format!("kubeproxy_conntrack_reconciler_sync_duration_seconds_count{label} ");
-            let cleanups = text
-                .lines()
-                .find_map(|l| l.strip_prefix(&count))
-                .and_then(|n| n.parse::<u64>().ok());
-            assert!(
-                cleanups.is_some_and(|n| n > 0),
-                "no {family} cleanup:\n{text}"
-            );
+            let sync = "kubeproxy_sync_proxy_rules_duration_seconds";
+            assert!(count(sync, &label) > 0, "no {family} sync:\n{text}");
+            let cleanup = "kubeproxy_conntrack_reconciler_sync_duration_seconds";
+            assert!(count(cleanup, &label) > 0, "no {family} cleanup:\n{text}");
             let deleted = format!("kubeproxy_conntrack_reconciler_deleted_entries_total{label} 0");
             assert!(
                 text.lines().any(|l| l == deleted),
