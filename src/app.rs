@@ -22,6 +22,7 @@ use crate::config_watch;
 use crate::conntrack_sysctls;
 use crate::events::Events;
 use crate::health::{self, HealthState, SharedHealth};
+use crate::leftovers;
 use crate::metrics::{self, Metrics, NoLocalEndpoints};
 use crate::runner::SyncRunner;
 use crate::service_health::ServiceHealthServers;
@@ -89,12 +90,9 @@ fn clean_stale_flows(state: &ProxyState, metrics: &Metrics) {
     }
 }
 
-/// Removes everything any backend of ours programmed (`--cleanup`).
+/// Removes the kernel state of every proxy mode (`--cleanup`), as upstream does.
 pub fn cleanup() -> Result<()> {
-    let mut backend = NftablesBackend::with_executor(ProxyOptions::default(), NftCommand::new());
-    backend.cleanup()?;
-    tracing::info!("removed the nftables kube-proxy tables");
-    Ok(())
+    leftovers::remove_all()
 }
 
 /// The backend options for `state`'s node: the config's, with the CLI's endpoint selection.
@@ -176,6 +174,7 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     if let Some(path) = &inv.config_file {
         config_watch::spawn(path.clone(), fatal_tx.clone()).await?;
     }
+    tokio::task::block_in_place(|| leftovers::remove_replaced(mode));
     let client = apiserver::client(inv.kubeconfig.as_deref(), inv.master.as_deref())
         .await
         .context("building the API client")?;

@@ -11,6 +11,7 @@ pub mod config_watch;
 pub mod convert;
 pub mod events;
 pub mod health;
+pub mod leftovers;
 pub mod metrics;
 pub mod runner;
 pub mod service_health;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::daemon::*;
+use support::netns::run;
 
 /// Upstream's error when the configuration file changed.
 const CONFIG_CHANGED: &str = "content of the proxy server's configuration file was updated";
@@ -212,14 +213,20 @@ fn service_ip_programmed(cluster_ip: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("{cluster_ip} . tcp . 80"))
 }
 
+/// Where `tool` is on this process's `PATH`.
+fn real_tool(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").expect("PATH");
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} on PATH"))
+}
+
 /// A directory with an `nft` that fails while `flag` exists and otherwise runs the real
 /// `nft` (the daemon finds `nft` on its `PATH`), and the `PATH` that puts it first.
 fn failing_nft(dir: &Path, flag: &Path) -> String {
     let path = std::env::var("PATH").expect("PATH");
-    let real = std::env::split_paths(&path)
-        .map(|d| d.join("nft"))
-        .find(|p| p.is_file())
-        .expect("nft on PATH");
+    let real = real_tool("nft");
     let wrapper = dir.join("nft");
     let script = format!(
         "#!/bin/sh\n\
@@ -235,13 +242,15 @@ fn failing_nft(dir: &Path, flag: &Path) -> String {
 }
 
 /// `kubeproxy_sync_proxy_rules_nftables_sync_failures_total` from the metrics server on
-/// `port` (0 when absent).
+/// `port`, summed over its samples (one per IP family where it is labelled; 0 when absent).
 fn sync_failures(port: u16) -> f64 {
     let (_, text) = http_get(port, "/metrics").expect("GET /metrics");
-    let name = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total ";
+    let name = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total";
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.parse().ok())
-        .unwrap_or(0.0)
+        .filter_map(|l| l.strip_prefix(name))
+        .filter(|rest| rest.starts_with([' ', '{']))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Syncs that fail for real (`nft` exits 1) while a change is queued: once the health
@@ -308,5 +317,156 @@ fn a_failing_sync_turns_health_503_until_it_recovers() {
                 other => Err(format!("{path} answered {other:?}")),
             });
         }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Other modes' leftovers.
+
+/// A chain of neither kube-proxy mode, which no cleanup may touch.
+const FOREIGN_CHAIN: &str = "CNI-FOREIGN";
+
+/// What iptables mode leaves behind, and a foreign chain beside it, in this namespace's
+/// `nat` table.
+fn leave_iptables_mode_rules() {
+    let iptables = |args: &str| {
+        run(std::process::Command::new("iptables").args(args.split(' ')));
+    };
+    iptables("-t nat -N KUBE-SERVICES");
+    iptables("-t nat -N KUBE-SVC-ABCDEFGHIJKLMNOP");
+    iptables("-t nat -A KUBE-SERVICES -j KUBE-SVC-ABCDEFGHIJKLMNOP");
+    iptables("-t nat -A PREROUTING -j KUBE-SERVICES");
+    iptables(&format!("-t nat -N {FOREIGN_CHAIN}"));
+    iptables(&format!("-t nat -A PREROUTING -j {FOREIGN_CHAIN}"));
+}
+
+/// `Ok` once the `nat` table holds no `KUBE-` chain or jump and the foreign chain with its
+/// jump is still there; otherwise what the table holds.
+fn iptables_mode_rules_gone() -> Result<(), String> {
+    let save = run(std::process::Command::new("iptables-save").args(["-t", "nat"]));
+    assert!(
+        save.contains(&format!("-A PREROUTING -j {FOREIGN_CHAIN}")),
+        "a foreign rule was removed:\n{save}"
+    );
+    (!save.contains("KUBE-")).then_some(()).ok_or(save)
+}
+
+/// nftables mode starts by removing iptables mode's chains, as upstream's does, and
+/// leaves everything else alone.
+#[test]
+fn nftables_mode_removes_iptables_leftovers_at_start() {
+    in_private_netns(|server| {
+        create_node(server);
+        create_backed(server, "web", "10.96.0.10", &["10.244.1.5"]);
+        leave_iptables_mode_rules();
+        assert!(iptables_mode_rules_gone().is_err());
+        let mut daemon = Daemon::start(server);
+        daemon.wait_until("iptables mode's chains to go", iptables_mode_rules_gone);
+        daemon.wait_until("the Service's rules", || {
+            service_ip_programmed("10.96.0.10")
+                .then_some(())
+                .ok_or_else(|| "no rules yet".to_owned())
+        });
+    });
+}
+
+/// iptables mode starts by removing nftables mode's tables, as upstream's does.
+#[test]
+fn iptables_mode_removes_nftables_leftovers_at_start() {
+    in_private_netns(|server| {
+        create_node(server);
+        let nft = |args: &[&str]| run(std::process::Command::new("nft").args(args));
+        nft(&["add", "table", "ip", "kube-proxy"]);
+        nft(&["add", "table", "ip", "foreign"]);
+        let mut daemon = Daemon::start_with(server, &["--proxy-mode=iptables"]);
+        daemon.wait_until("nftables mode's table to go", || {
+            let tables = nft(&["list", "tables"]);
+            assert!(
+                tables.contains("table ip foreign"),
+                "a foreign table went: {tables}"
+            );
+            (!tables.contains("kube-proxy")).then_some(()).ok_or(tables)
+        });
+    });
+}
+
+/// Without the iptables tools there is nothing of iptables mode to remove: the daemon
+/// starts, says nothing failed, and programs its rules.
+#[test]
+fn a_missing_iptables_does_not_stop_the_start() {
+    in_private_netns(|server| {
+        create_node(server);
+        create_backed(server, "web", "10.96.0.10", &["10.244.1.5"]);
+        let tools = tempfile::tempdir().expect("a directory for the tools");
+        std::os::unix::fs::symlink(real_tool("nft"), tools.path().join("nft")).expect("link nft");
+        let path = tools.path().to_str().expect("a UTF-8 path").to_owned();
+        let mut daemon = Daemon::start_with_env(server, &[], &[("PATH", &path)]);
+        daemon.wait_until("the Service's rules", || {
+            service_ip_programmed("10.96.0.10")
+                .then_some(())
+                .ok_or_else(|| "no rules yet".to_owned())
+        });
+        let log = daemon.log();
+        assert!(!log.contains("leftovers failed"), "{log}");
+    });
+}
+
+/// `--cleanup` removes nftables mode's tables and iptables mode's chains, leaves foreign
+/// rules alone, and exits 0.
+#[test]
+fn cleanup_removes_every_modes_rules() {
+    in_private_netns(|_| {
+        run(std::process::Command::new("nft").args(["add", "table", "ip", "kube-proxy"]));
+        run(std::process::Command::new("nft").args(["add", "table", "ip6", "kube-proxy"]));
+        leave_iptables_mode_rules();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kube-proxy"))
+            .arg("--cleanup")
+            .output()
+            .expect("run kube-proxy --cleanup");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "--cleanup failed: {stderr}");
+        iptables_mode_rules_gone().unwrap_or_else(|save| panic!("left:\n{save}\n{stderr}"));
+        let tables = run(std::process::Command::new("nft").args(["list", "tables"]));
+        assert!(!tables.contains("kube-proxy"), "left: {tables}\n{stderr}");
+    });
+}
+
+/// `--cleanup` removes IPVS mode's state: every virtual service and the `kube-ipvs0` link.
+/// Needs a kernel with IPVS and dummy links (the project's VM: `.ci/vm/README.md`), and
+/// skips elsewhere, saying so.
+#[test]
+fn cleanup_removes_ipvs_mode_state() {
+    use kube_proxy_ipvs::{Ipvs, IpvsClient, Scheduler, VirtualServer};
+    in_private_netns(|_| {
+        let ip = |args: &str| {
+            std::process::Command::new("ip")
+                .args(args.split(' '))
+                .output()
+                .expect("run ip")
+        };
+        // Opening the client loads `ip_vs` where the kernel can.
+        let ipvs = Ipvs::new().ok();
+        let link = ip("link add kube-ipvs0 type dummy");
+        let (Some(mut ipvs), true) = (ipvs, link.status.success()) else {
+            eprintln!("cleanup_removes_ipvs_mode_state: skipped: no IPVS or dummy links here");
+            return;
+        };
+        assert!(ip("addr add 10.96.0.10/32 dev kube-ipvs0").status.success());
+        let service = VirtualServer::new(
+            "10.96.0.10".parse().unwrap(),
+            80,
+            kube_proxy_model::Protocol::Tcp,
+            Scheduler::default(),
+        );
+        ipvs.add_service(&service).expect("add a virtual service");
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kube-proxy"))
+            .arg("--cleanup")
+            .output()
+            .expect("run kube-proxy --cleanup");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "--cleanup failed: {stderr}");
+        assert_eq!(ipvs.services().expect("list IPVS"), [], "{stderr}");
+        assert!(!ip("link show kube-ipvs0").status.success(), "{stderr}");
     });
 }
