@@ -158,7 +158,8 @@ pub fn serve(
     metrics: Arc<Metrics>,
     hard_fail: Option<FatalErrors>,
 ) {
-    let context = format!("failed to start proxy healthz on {addr}");
+    // Upstream's words: the server's error, wrapped as `serveHealthz` wraps it.
+    let context = format!("healthz server failed: failed to start proxy healthz on {addr}");
     spawn_http_on(addr, context, hard_fail, move |path| {
         let probe = match path {
             "/healthz" => Probe::Healthz,

@@ -148,7 +148,9 @@ fn busy_health_and_metrics_addresses_are_retried_until_free() {
                 &format!("--metrics-bind-address={metrics}"),
             ],
         );
-        daemon.wait_for_log(&format!("failed to start proxy healthz on {health}"));
+        daemon.wait_for_log(&format!(
+            "healthz server failed: failed to start proxy healthz on {health}"
+        ));
         daemon.wait_for_log(&format!(
             "starting metrics server failed: listen tcp {metrics}"
         ));
@@ -180,7 +182,10 @@ fn busy_address_with_hard_fail_stops_the_daemon() {
         create_node(server);
         let (_held, addr) = taken_address();
         for (flag, error) in [
-            ("--healthz-bind-address", "failed to start proxy healthz on"),
+            (
+                "--healthz-bind-address",
+                "healthz server failed: failed to start proxy healthz on",
+            ),
             (
                 "--metrics-bind-address",
                 "starting metrics server failed: listen tcp",
