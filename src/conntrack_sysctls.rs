@@ -138,9 +138,7 @@ pub enum Outcome {
 /// starts proxying. A read-only `/sys` is warned about and reported with upstream's Warning
 /// Event on Node `node_name`.
 pub fn setup(config: &KubeProxyConfiguration, events: &Events, node_name: &str) -> Result<()> {
-    let settings = ConntrackSettings::of(config, machine_cpus());
-    if apply(&mut RealKernel, &settings)? == Outcome::ReadOnlySysfs {
-        tracing::warn!("{READ_ONLY_SYSFS_MESSAGE}");
+    if apply_config(config)? == Outcome::ReadOnlySysfs {
         events.warning(
             node_ref(node_name),
             READ_ONLY_SYSFS_REASON,
@@ -149,6 +147,23 @@ pub fn setup(config: &KubeProxyConfiguration, events: &Events, node_name: &str) 
         );
     }
     Ok(())
+}
+
+/// The conntrack part of `--init-only`, which upstream runs through the same setup. Its
+/// Event for a read-only `/sys` never leaves the process there (the recorder only starts
+/// sending with the proxy), so the warning is all.
+pub fn init_only(config: &KubeProxyConfiguration) -> Result<()> {
+    apply_config(config).map(drop)
+}
+
+/// Applies `config`'s settings to the running kernel, warning about a read-only `/sys`.
+fn apply_config(config: &KubeProxyConfiguration) -> Result<Outcome> {
+    let settings = ConntrackSettings::of(config, machine_cpus());
+    let outcome = apply(&mut RealKernel, &settings)?;
+    if outcome == Outcome::ReadOnlySysfs {
+        tracing::warn!("{READ_ONLY_SYSFS_MESSAGE}");
+    }
+    Ok(outcome)
 }
 
 /// Sets what `settings` asks for, writing only values that differ from the kernel's.

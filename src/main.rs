@@ -44,10 +44,8 @@ fn run(inv: &Invocation) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::InitOnly => {
-            tracing::info!("--init-only: nothing to prepare before the proxy starts");
-            Ok(())
-        }
+        // Upstream prepares the kernel as for the proxy, then exits.
+        Command::InitOnly => kube_proxy::conntrack_sysctls::init_only(&inv.config),
         Command::Daemon => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -20,7 +20,7 @@ use kube_proxy::conntrack_sysctls::{
     HASHSIZE, READ_ONLY_SYSFS_ACTION, READ_ONLY_SYSFS_MESSAGE, READ_ONLY_SYSFS_REASON,
 };
 use support::daemon::*;
-use support::netns::run;
+use support::netns::{output_bounded, run, TOOL_LIMIT};
 
 const NF_CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 
@@ -127,6 +127,21 @@ fn timeouts_and_be_liberal_are_set_in_the_proxys_namespace_once() {
         wait_started(&mut again);
         assert!(!again.log().contains("Set sysctl"), "{}", again.log());
         again.assert_alive();
+    });
+}
+
+/// `--init-only` sets the same values and exits, as upstream's init container does.
+#[test]
+fn init_only_sets_them_and_exits() {
+    isolated(|_| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kube-proxy"));
+        cmd.args(["--init-only", "--conntrack-max-per-core=0"]);
+        let output = output_bounded(cmd.args(namespaced_flags()), TOOL_LIMIT).expect("run");
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{}\n{log}", output.status);
+        for (name, value, _) in NAMESPACED {
+            assert_eq!(read(&netfilter(name)), value, "{name}\n{log}");
+        }
     });
 }
 
