@@ -1,5 +1,5 @@
-//! The conntrack sysctls the daemon sets at start, as upstream's `setupConntrack`
-//! (cmd/kube-proxy/app/server_linux.go, conntrack.go).
+//! The conntrack sysctls the daemon (and `--init-only`) sets at start, as upstream's
+//! `setupConntrack` (cmd/kube-proxy/app/server_linux.go, conntrack.go).
 //!
 //! * `nf_conntrack_max`: `conntrack.maxPerCore` × the CPUs, at least `conntrack.min`;
 //!   `maxPerCore: 0` leaves it alone. The conntrack hash table is then grown to a quarter
@@ -38,7 +38,7 @@ pub const READ_ONLY_SYSFS_MESSAGE: &str = "CRI error: /sys is read-only: cannot 
 
 /// Reading and writing integer kernel parameters: `/proc/sys` and sysfs on a real node, a
 /// map in unit tests.
-pub trait Kernel {
+trait Kernel {
     /// The integer in the file at `path` (a `/proc/sys` or `/sys` path).
     fn read(&self, path: &Path) -> io::Result<u64>;
     /// Writes `value` to the file at `path`.
@@ -48,7 +48,7 @@ pub trait Kernel {
 }
 
 /// The running kernel, as this process sees it (its network and mount namespaces).
-pub struct RealKernel;
+struct RealKernel;
 
 impl Kernel for RealKernel {
     fn read(&self, path: &Path) -> io::Result<u64> {
@@ -69,24 +69,24 @@ impl Kernel for RealKernel {
 
 /// What the configuration asks to set; `None` and `false` leave the kernel's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConntrackSettings {
+struct ConntrackSettings {
     /// `nf_conntrack_max`.
-    pub max: Option<u64>,
+    max: Option<u64>,
     /// `nf_conntrack_tcp_timeout_established`, in seconds.
-    pub tcp_established: Option<u64>,
+    tcp_established: Option<u64>,
     /// `nf_conntrack_tcp_timeout_close_wait`, in seconds.
-    pub tcp_close_wait: Option<u64>,
+    tcp_close_wait: Option<u64>,
     /// `nf_conntrack_tcp_be_liberal` = 1.
-    pub tcp_be_liberal: bool,
+    tcp_be_liberal: bool,
     /// `nf_conntrack_udp_timeout`, in seconds.
-    pub udp_timeout: Option<u64>,
+    udp_timeout: Option<u64>,
     /// `nf_conntrack_udp_timeout_stream`, in seconds.
-    pub udp_stream_timeout: Option<u64>,
+    udp_stream_timeout: Option<u64>,
 }
 
 impl ConntrackSettings {
     /// The settings of `config` on a machine with `cpus` CPUs.
-    pub fn of(config: &KubeProxyConfiguration, cpus: usize) -> Self {
+    fn of(config: &KubeProxyConfiguration, cpus: usize) -> Self {
         let ct = &config.conntrack;
         ConntrackSettings {
             max: config.conntrack_max(cpus),
@@ -126,11 +126,10 @@ fn whole_seconds(d: crate::config::Duration) -> Option<u64> {
 
 /// How applying the settings went, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+enum Outcome {
     /// Everything asked for is in place.
     Applied,
-    /// The hash table needed growing but `/sys` is read-only; the rest is in place. The
-    /// caller warns and posts upstream's Event.
+    /// The hash table needed growing but `/sys` is read-only; the rest is in place.
     ReadOnlySysfs,
 }
 
@@ -167,7 +166,7 @@ fn apply_config(config: &KubeProxyConfiguration) -> Result<Outcome> {
 }
 
 /// Sets what `settings` asks for, writing only values that differ from the kernel's.
-pub fn apply(kernel: &mut dyn Kernel, settings: &ConntrackSettings) -> Result<Outcome> {
+fn apply(kernel: &mut dyn Kernel, settings: &ConntrackSettings) -> Result<Outcome> {
     let outcome = match settings.max {
         Some(max) => set_max(kernel, max)?,
         None => Outcome::Applied,
@@ -219,7 +218,7 @@ fn set_sysctl(kernel: &mut dyn Kernel, name: &str, value: u64) -> Result<()> {
 /// Whether sysfs is mounted read-write, judged as upstream's `isSysFSWritable`: by the
 /// first `sysfs` mount in `mounts` (the `/proc/self/mounts` text), whose first option must
 /// be `rw`. No sysfs mount at all is an error.
-pub fn sysfs_writable(mounts: &str) -> Result<bool> {
+fn sysfs_writable(mounts: &str) -> Result<bool> {
     let sysfs = mounts
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
@@ -240,7 +239,7 @@ pub fn sysfs_writable(mounts: &str) -> Result<bool> {
 /// The machine's CPUs, for `maxPerCore`: every online CPU, as upstream counts them from
 /// sysfs (not the CPUs this process may run on, which a cpuset narrows:
 /// kubernetes#99225), falling back to those when sysfs says nothing.
-pub fn machine_cpus() -> usize {
+fn machine_cpus() -> usize {
     std::fs::read_to_string("/sys/devices/system/cpu/online")
         .ok()
         .and_then(|list| count_cpu_list(&list))
