@@ -377,6 +377,40 @@ fn serves_health_and_metrics() {
     });
 }
 
+/// A UDP conntrack entry that sends a Service's frontend to something that is not its
+/// endpoint is deleted after the sync, and counted in upstream's reconciler metric.
+#[test]
+fn stale_udp_entries_are_deleted_and_counted() {
+    in_private_netns(|server| {
+        create_node(server);
+        server
+            .create(&with_protocol(service("dns", "10.96.0.20"), "UDP"))
+            .unwrap();
+        let mut endpoints = slice("dns", &["10.244.1.5"]);
+        for port in endpoints.ports.iter_mut().flatten() {
+            port.protocol = Some("UDP".to_owned());
+        }
+        server.create(&endpoints).unwrap();
+        // A client's flow to the ClusterIP, DNATed to a pod that is no endpoint (any more).
+        let stale = "src=10.0.0.1 dst=10.96.0.20 sport=40000 dport=80 src=10.244.1.99";
+        let insert = "-I -p udp -s 10.0.0.1 -d 10.96.0.20 --sport 40000 --dport 80 \
+                      -r 10.244.1.99 -q 10.0.0.1 --reply-port-src 8080 --reply-port-dst 40000 \
+                      -t 300 -u SEEN_REPLY";
+        run(Command::new("conntrack").args(insert.split_whitespace()));
+        let udp_entries = || run(Command::new("conntrack").args(["-L", "-p", "udp"]));
+        assert!(udp_entries().contains(stale), "{}", udp_entries());
+        let metrics = free_local_port();
+        let flag = format!("--metrics-bind-address=127.0.0.1:{metrics}");
+        let mut daemon = Daemon::start_with(server, &[&flag]);
+        let deleted = "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 1";
+        daemon.wait_until("the deleted entry to be counted", || {
+            let (_, text) = http_get(metrics, "/metrics").ok_or("no /metrics yet")?;
+            text.lines().any(|l| l == deleted).then_some(()).ok_or(text)
+        });
+        assert!(!udp_entries().contains(stale), "{}", udp_entries());
+    });
+}
+
 /// How many `/healthz` probes the metrics `text` counts with status `code`.
 fn probes(text: &str, code: &str) -> u64 {
     let prefix = format!("kubeproxy_proxy_healthz_total{{code=\"{code}\"}} ");
