@@ -36,12 +36,47 @@ use serde_json::{json, Value};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Nftables,
+    /// `--proxy-mode iptables` on a node whose kubelet uses this variant of the tools.
+    Iptables(Variant),
+}
+
+/// The two implementations of the iptables tools a node may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// `iptables-legacy`: the x_tables kernel interface.
+    Legacy,
+    /// `iptables-nft`: iptables rules stored as nf_tables.
+    Nft,
+}
+
+impl Variant {
+    /// `iptables-legacy`, `ip6tables-nft-save` and so on: `tool` is `""`, `"-save"` or
+    /// `"-restore"`.
+    pub fn binary(self, family: Family, tool: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let variant = match self {
+            Variant::Legacy => "legacy",
+            Variant::Nft => "nft",
+        };
+        format!("{base}-{variant}{tool}")
+    }
+
+    fn other(self) -> Variant {
+        match self {
+            Variant::Legacy => Variant::Nft,
+            Variant::Nft => Variant::Legacy,
+        }
+    }
 }
 
 impl Mode {
     fn flag(self) -> &'static str {
         match self {
             Mode::Nftables => "nftables",
+            Mode::Iptables(_) => "iptables",
         }
     }
 }
@@ -539,14 +574,57 @@ struct Cluster {
 
 impl Cluster {
     fn new(mode: Mode, local_pods: &[&str], remote_pods: &[&str]) -> Cluster {
-        require_prerequisites();
-        Cluster {
+        require_prerequisites(mode);
+        let cluster = Cluster {
             mode,
             topology: Topology::build(local_pods, remote_pods),
             selection: Selection::RoundRobin,
             workdir: tempfile::tempdir().expect("temporary directory"),
             applies: 0,
             log: String::new(),
+        };
+        if let Mode::Iptables(variant) = mode {
+            cluster.write_kubelet_hint(variant);
+        }
+        cluster
+    }
+
+    /// What kubelet (1.17 and later) does on every node before kube-proxy starts: it
+    /// creates `KUBE-IPTABLES-HINT` in the mangle table of both families with the
+    /// iptables variant it uses. kube-proxy's variant detection follows that chain.
+    fn write_kubelet_hint(&self, variant: Variant) {
+        for family in [Family::V4, Family::V6] {
+            let mut iptables = self.topology.node.command(&variant.binary(family, ""));
+            netns::run(iptables.args(["-w", "5", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]));
+        }
+    }
+
+    /// `iptables-save` and `ip6tables-save` of `variant` in the node namespace: each
+    /// binary with its output. Saving every table (no `-t`) lists only the tables that
+    /// exist: `iptables-legacy-save -t nat` would create one.
+    fn iptables_save(&self, variant: Variant) -> [(String, String); 2] {
+        [Family::V4, Family::V6].map(|family| {
+            let binary = variant.binary(family, "-save");
+            let saved = netns::run(&mut self.topology.node.command(&binary));
+            (binary, saved)
+        })
+    }
+
+    /// After an apply in iptables mode: the rules are in the variant the kubelet hint
+    /// names, in both families, and nothing of ours is in the other variant.
+    fn assert_rules_in_variant(&self, variant: Variant) {
+        for (binary, saved) in self.iptables_save(variant) {
+            assert!(
+                saved.lines().any(|l| l.starts_with(":KUBE-SERVICES ")),
+                "{binary} shows no KUBE-SERVICES after apply #{}:\n{saved}",
+                self.applies
+            );
+        }
+        for (binary, saved) in self.iptables_save(variant.other()) {
+            assert!(
+                !saved.contains("KUBE-"),
+                "kube-proxy wrote into the variant the node does not use: {binary}:\n{saved}"
+            );
         }
     }
 
@@ -584,6 +662,9 @@ impl Cluster {
             self.applies,
             output.status
         );
+        if let Mode::Iptables(variant) = self.mode {
+            self.assert_rules_in_variant(variant);
+        }
     }
 
     fn pod_ip(&self, pod: &str) -> IpAddr {
@@ -729,6 +810,45 @@ impl Cluster {
     }
 }
 
+/// What a request to a port that a served ClusterIP does not serve gets.
+///
+/// nftables mode rejects it: upstream's nftables proxier puts every ClusterIP in its
+/// `cluster-ips` set and rejects what no service port matched. iptables mode has no rule
+/// for it (upstream's iptables proxier writes none; its `proxier_test.go` traces such a
+/// packet through untouched): the packet is routed on as plain traffic. In this topology
+/// the service CIDR is routed towards the external client's namespace, which does not
+/// forward, so the packet vanishes there and the request times out.
+fn unserved_cluster_ip_port(mode: Mode) -> Expect {
+    match mode {
+        Mode::Nftables => Expect::Refused,
+        Mode::Iptables(_) => Expect::Dropped,
+    }
+}
+
+impl Cluster {
+    /// What a NodePort request to the node's IPv4 address that is not its primary
+    /// (InternalIP) address gets, with `pods` the service's endpoints.
+    ///
+    /// nftables mode defaults `--nodeport-addresses` to `primary` (upstream's
+    /// `platformApplyDefaults`): nothing listens on the other address, the node resets.
+    /// iptables mode's default is every local address (upstream jumps to
+    /// `KUBE-NODEPORTS` on `-m addrtype --dst-type LOCAL`): the service answers.
+    fn not_primary_node_port(&self, pods: &[&str]) -> Expect {
+        match self.mode {
+            Mode::Nftables => Expect::Refused,
+            Mode::Iptables(_) => self.reaches_masqueraded(pods),
+        }
+    }
+
+    /// [`Cluster::not_primary_node_port`] over IPv6.
+    fn not_primary_node_port6(&self, pods: &[&str]) -> Expect {
+        match self.mode {
+            Mode::Nftables => Expect::Refused,
+            Mode::Iptables(_) => self.reaches_masqueraded6(pods),
+        }
+    }
+}
+
 /// What requests along one path must get.
 enum Expect {
     /// Answers spread over exactly these, see [`Cluster::expect_spread`].
@@ -812,13 +932,26 @@ fn answer(pod: &str, source: impl Into<IpAddr>) -> Answer {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let mut nft = self.topology.node.command("nft");
-            let ruleset = netns::output_bounded(nft.args(["list", "ruleset"]), NFT_LIMIT);
+            let (what, mut dump) = match self.mode {
+                Mode::Nftables => ("nft list ruleset", self.topology.node.command("nft")),
+                Mode::Iptables(variant) => ("iptables-save", {
+                    // Both families of the variant the mode uses, bounded like `nft`.
+                    let v4 = variant.binary(Family::V4, "-save");
+                    let v6 = variant.binary(Family::V6, "-save");
+                    let mut sh = self.topology.node.command("sh");
+                    sh.args(["-c", &format!("echo '# {v4}'; {v4}; echo '# {v6}'; {v6}")]);
+                    sh
+                }),
+            };
+            if self.mode == Mode::Nftables {
+                dump.args(["list", "ruleset"]);
+            }
+            let ruleset = netns::output_bounded(&mut dump, NFT_LIMIT);
             let ruleset = ruleset.map_or_else(
                 |e| e.to_string(),
                 |o| String::from_utf8_lossy(&o.stdout).into_owned(),
             );
-            eprintln!("{}\n--- nft list ruleset (node) ---\n{ruleset}", self.log);
+            eprintln!("{}\n--- {what} (node) ---\n{ruleset}", self.log);
         }
     }
 }
@@ -833,21 +966,29 @@ fn tally(outcomes: &[Outcome]) -> BTreeMap<Outcome, usize> {
 }
 
 /// These tests must run in CI: fail with instructions instead of skipping.
-fn require_prerequisites() {
+fn require_prerequisites(mode: Mode) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
         "dataplane tests need root (network namespaces, nftables)"
     );
-    for (tool, version) in [("ip", "-V"), ("nft", "--version")] {
-        let ok = Command::new(tool)
+    let mut tools = vec![("ip".to_owned(), "-V"), ("nft".to_owned(), "--version")];
+    if let Mode::Iptables(variant) = mode {
+        for family in [Family::V4, Family::V6] {
+            for tool in ["", "-save", "-restore"] {
+                tools.push((variant.binary(family, tool), "--version"));
+            }
+        }
+    }
+    for (tool, version) in tools {
+        let ok = Command::new(&tool)
             .arg(version)
             .output()
             .is_ok_and(|o| o.status.success());
         assert!(
             ok,
-            "dataplane tests need `{tool}`: apt-get install -y iproute2 nftables"
+            "dataplane tests need `{tool}`: apt-get install -y iproute2 nftables iptables"
         );
     }
 }

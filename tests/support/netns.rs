@@ -292,6 +292,11 @@ impl Topology {
         let client = Netns::create("client");
         wire_bridge(&node, LOCAL_POD_GATEWAY, LOCAL_POD_GATEWAY6);
         enable_bridge_netfilter(&node);
+        // Scenarios reject many probes from one client within a second; the kernel's
+        // per-peer ICMP rate limit (one a second after a burst of six) would swallow
+        // some of the port-unreachable errors that REJECT and closed ports send.
+        node.sysctl("ipv4/icmp_ratelimit", "0");
+        node.sysctl("ipv6/icmp/ratelimit", "0");
         wire_remote(&node, &remote);
         wire_client(&node, &client);
         let mut topology = Topology {
@@ -449,11 +454,16 @@ fn wire_client(node: &Netns, client: &Netns) {
     node.ip(&format!("route add 203.0.113.0/24 via {CLIENT_LINK_IP}"));
     // Node-local connect() to a ClusterIP needs some route before the nat
     // output hook ever sees the packet; upstream nodes have a default route.
+    // So does a packet that is not DNATed (a load-balancer IP's denied source
+    // in iptables mode) to reach the filter FORWARD hook that drops it. The
+    // client does not forward: what it gets for others vanishes there.
     node.ip(&format!("route add {SERVICE_CIDR} via {CLIENT_LINK_IP}"));
+    node.ip(&format!("route add default via {CLIENT_LINK_IP}"));
     add_ip6(client, "lo", OTHER_CLIENT_IP6, 128);
     client.ip(&format!("-6 route add default via {NODE_UPLINK_IP6}"));
     node.ip(&format!("-6 route add 2001:db8:2::/64 via {CLIENT_IP6}"));
     node.ip(&format!("-6 route add {SERVICE_CIDR6} via {CLIENT_IP6}"));
+    node.ip(&format!("-6 route add default via {CLIENT_IP6}"));
 }
 
 fn link_up(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix: u8) {

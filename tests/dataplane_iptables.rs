@@ -1,0 +1,22 @@
+//! Real packets through the iptables mode: every scenario of `tests/dataplane/` on a node
+//! whose kubelet uses `iptables-legacy` and on one whose kubelet uses `iptables-nft`
+//! (kube-proxy detects which from kubelet's `KUBE-IPTABLES-HINT` chain; every apply is
+//! checked to have landed in that variant), plus what only iptables mode has.
+
+#[macro_use]
+mod dataplane;
+mod support;
+
+/// A node whose kubelet uses `iptables-legacy`.
+mod legacy {
+    all_scenarios!(crate::dataplane::Mode::Iptables(
+        crate::dataplane::Variant::Legacy
+    ));
+}
+
+/// A node whose kubelet uses `iptables-nft`.
+mod nft {
+    all_scenarios!(crate::dataplane::Mode::Iptables(
+        crate::dataplane::Variant::Nft
+    ));
+}
