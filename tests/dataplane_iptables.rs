@@ -20,3 +20,29 @@ mod nft {
         crate::dataplane::Variant::Nft
     ));
 }
+
+/// Scenarios of iptables mode alone, with both variants.
+mod iptables_only {
+    use crate::dataplane::iptables;
+    use crate::dataplane::Variant::{Legacy, Nft};
+
+    #[test]
+    fn localhost_node_ports_legacy() {
+        iptables::localhost_node_ports(Legacy)
+    }
+
+    #[test]
+    fn localhost_node_ports_nft() {
+        iptables::localhost_node_ports(Nft)
+    }
+
+    #[test]
+    fn external_nat_flush_is_repaired_by_the_next_sync_legacy() {
+        iptables::external_nat_flush_is_repaired_by_the_next_sync(Legacy)
+    }
+
+    #[test]
+    fn external_nat_flush_is_repaired_by_the_next_sync_nft() {
+        iptables::external_nat_flush_is_repaired_by_the_next_sync(Nft)
+    }
+}

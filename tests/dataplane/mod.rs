@@ -17,6 +17,7 @@
 //!
 //! Needs root, `ip` (iproute2) and `nft` (nftables); fails loudly without them.
 
+pub mod iptables;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
