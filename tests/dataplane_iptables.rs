@@ -45,4 +45,14 @@ mod iptables_only {
     fn external_nat_flush_is_repaired_by_the_next_sync_nft() {
         iptables::external_nat_flush_is_repaired_by_the_next_sync(Nft)
     }
+
+    #[test]
+    fn daemon_repairs_an_external_nat_flush_within_one_sync_period_legacy() {
+        iptables::daemon_repairs_an_external_nat_flush_within_one_sync_period(Legacy)
+    }
+
+    #[test]
+    fn daemon_repairs_an_external_nat_flush_within_one_sync_period_nft() {
+        iptables::daemon_repairs_an_external_nat_flush_within_one_sync_period(Nft)
+    }
 }
