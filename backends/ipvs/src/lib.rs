@@ -12,13 +12,25 @@
 //! * [`DummyLink`] manages the dummy link and its addresses, [`FakeDummyLink`] in memory;
 //!   both implement [`DummyLinkClient`].
 //!
+//! * [`IpvsBackend`] is IPVS mode itself (`--proxy-mode ipvs`): [`plan`] turns the model
+//!   into virtual servers, real servers, `kube-ipvs0` addresses and the companion nftables
+//!   table `kube-proxy-ipvs` (masquerade, source ranges, reject without endpoints, drop of
+//!   unserved ports), and each sync sends the kernel only the difference.
+//!
 //! Every socket is blocking and stays in the network namespace of the thread that opened it.
 
+mod backend;
+mod companion;
 mod ipvs;
 #[cfg(test)]
 mod kernel_answers;
 mod link;
 mod netlink;
+pub mod plan;
+pub mod sysctl;
+
+pub use backend::{cleanup_leftovers, render_plan, IpvsBackend};
+pub use plan::{IpvsSettings, COMPANION_TABLE};
 
 pub use ipvs::{
     Destination, FakeIpvs, FwdMethod, Ipvs, IpvsClient, RealServer, RealServerStats, Scheduler,

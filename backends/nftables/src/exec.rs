@@ -36,6 +36,22 @@ pub trait NftExecutor: Send {
 
     /// The current content of `table <family> kube-proxy`, or `None` when it does not exist.
     fn read_table(&mut self, family: Family) -> Result<Option<TableState>, ExecError>;
+
+    /// The current content of `table <family> <name>` (another component's own table,
+    /// such as IPVS mode's), or `None` when it does not exist. Executors that only know
+    /// [`TABLE`] refuse other names.
+    fn read_named_table(
+        &mut self,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<TableState>, ExecError> {
+        if name == TABLE {
+            return self.read_table(family);
+        }
+        Err(ExecError::Refused(format!(
+            "this executor cannot read table {family} {name}"
+        )))
+    }
 }
 
 /// The real executor: runs `nft -f -` with the script on stdin, and `nft list table`.
@@ -103,7 +119,15 @@ impl NftExecutor for NftCommand {
     }
 
     fn read_table(&mut self, family: Family) -> Result<Option<TableState>, ExecError> {
-        let out = self.run(&["list", "table", family.as_str(), TABLE], None)?;
+        self.read_named_table(family, TABLE)
+    }
+
+    fn read_named_table(
+        &mut self,
+        family: Family,
+        name: &str,
+    ) -> Result<Option<TableState>, ExecError> {
+        let out = self.run(&["list", "table", family.as_str(), name], None)?;
         if out.status.success() {
             return Ok(Some(parse_table(&String::from_utf8_lossy(&out.stdout))?));
         }

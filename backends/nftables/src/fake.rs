@@ -16,7 +16,8 @@ struct Inner {
 }
 
 /// A fake kernel. Clones share state, so a test keeps one handle and gives another to
-/// the backend.
+/// the backend. It models one table per family, whatever its name: a test gives each
+/// table owner (the nftables backend, IPVS mode's companion table) a fake of its own.
 #[derive(Debug, Clone, Default)]
 pub struct FakeNft {
     inner: Arc<Mutex<Inner>>,
@@ -86,5 +87,13 @@ impl NftExecutor for FakeNft {
         let mut inner = self.lock();
         inner.reads += 1;
         Ok(inner.ruleset.tables.get(&family).cloned())
+    }
+
+    fn read_named_table(
+        &mut self,
+        family: Family,
+        _name: &str,
+    ) -> Result<Option<TableState>, ExecError> {
+        self.read_table(family)
     }
 }

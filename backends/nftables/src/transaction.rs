@@ -44,12 +44,28 @@ pub struct Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transaction {
     ops: Vec<Op>,
+    /// The table the script acts on; `None` is [`TABLE`].
+    table: Option<String>,
 }
 
 impl Transaction {
     /// An empty transaction.
     pub fn new() -> Self {
         Transaction::default()
+    }
+
+    /// An empty transaction on the table `name` of each family instead of [`TABLE`]
+    /// (the IPVS mode's companion table).
+    pub fn for_table(name: impl Into<String>) -> Self {
+        Transaction {
+            ops: Vec::new(),
+            table: Some(name.into()),
+        }
+    }
+
+    /// The name of the table this transaction acts on.
+    pub fn table(&self) -> &str {
+        self.table.as_deref().unwrap_or(TABLE)
     }
 
     /// Appends one operation.
@@ -106,20 +122,21 @@ impl Transaction {
     /// The `nft -f` script: one command per line.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let table = self.table();
         for op in &self.ops {
-            render_op(&mut out, op);
+            render_op(&mut out, op, table);
             out.push('\n');
         }
         out
     }
 }
 
-fn render_op(out: &mut String, op: &Op) {
+fn render_op(out: &mut String, op: &Op, table: &str) {
     let verb = op.verb.as_str();
     let fam = op.family.as_str();
     match &op.object {
         Object::Table { comment } => {
-            let _ = write!(out, "{verb} table {fam} {TABLE}");
+            let _ = write!(out, "{verb} table {fam} {table}");
             if op.verb == Verb::Add || op.verb == Verb::Create {
                 if let Some(c) = comment {
                     let _ = write!(out, " {{ comment {} ; }}", quote(c));
@@ -127,7 +144,7 @@ fn render_op(out: &mut String, op: &Op) {
             }
         }
         Object::Chain(chain) => {
-            let _ = write!(out, "{verb} chain {fam} {TABLE} {}", chain.name);
+            let _ = write!(out, "{verb} chain {fam} {table} {}", chain.name);
             if op.verb == Verb::Add || op.verb == Verb::Create {
                 render_chain_props(out, chain);
             }
@@ -135,19 +152,19 @@ fn render_op(out: &mut String, op: &Op) {
         Object::Rule(rule) => {
             let _ = write!(
                 out,
-                "{verb} rule {fam} {TABLE} {} {}",
+                "{verb} rule {fam} {table} {} {}",
                 rule.chain,
                 rule.text()
             );
         }
         Object::Set(set) => {
-            let _ = write!(out, "{verb} {} {fam} {TABLE} {}", set.keyword(), set.name);
+            let _ = write!(out, "{verb} {} {fam} {table} {}", set.keyword(), set.name);
             if op.verb == Verb::Add || op.verb == Verb::Create {
                 render_set_props(out, set);
             }
         }
         Object::Element(elem) => {
-            let _ = write!(out, "{verb} element {fam} {TABLE} {} {{ ", elem.container);
+            let _ = write!(out, "{verb} element {fam} {table} {} {{ ", elem.container);
             render_element(out, elem, op.verb == Verb::Delete);
             out.push_str(" }");
         }
@@ -272,5 +289,18 @@ mod tests {
              delete chain ip kube-proxy x\n"
         );
         assert_eq!(tx.len(), 8);
+    }
+
+    #[test]
+    fn renders_another_table_name() {
+        let mut tx = Transaction::for_table("kube-proxy-ipvs");
+        tx.add(Family::Ip6, Object::Table { comment: None });
+        tx.flush(Family::Ip, Object::Chain(Chain::named("x")));
+        assert_eq!(tx.table(), "kube-proxy-ipvs");
+        assert_eq!(
+            tx.render(),
+            "add table ip6 kube-proxy-ipvs\nflush chain ip kube-proxy-ipvs x\n"
+        );
+        assert_eq!(Transaction::new().table(), TABLE);
     }
 }
