@@ -18,6 +18,7 @@
 //! Needs root, `ip` (iproute2) and `nft` (nftables); fails loudly without them.
 
 pub mod iptables;
+pub mod ipvs;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,9 @@ pub enum Mode {
     Nftables,
     /// `--proxy-mode iptables` on a node whose kubelet uses this variant of the tools.
     Iptables(Variant),
+    /// `--proxy-mode ipvs`: only inside the project's VM (the host kernel has no IPVS);
+    /// elsewhere its tests skip, see [`Mode::runs_here`].
+    Ipvs,
 }
 
 /// The two implementations of the iptables tools a node may use.
@@ -79,6 +83,16 @@ impl Mode {
         match self {
             Mode::Nftables => "nftables",
             Mode::Iptables(_) => "iptables",
+            Mode::Ipvs => "ipvs",
+        }
+    }
+
+    /// Whether `test` can run under this mode here; if not, says why on stderr (the
+    /// test then passes without doing anything).
+    pub fn runs_here(self, test: &str) -> bool {
+        match self {
+            Mode::Nftables | Mode::Iptables(_) => true,
+            Mode::Ipvs => ipvs::in_vm(test),
         }
     }
 }
@@ -116,7 +130,9 @@ macro_rules! scenario_tests {
         $(
             #[test]
             fn $name() {
-                $crate::dataplane::scenarios::$name($mode)
+                if $crate::dataplane::Mode::runs_here($mode, stringify!($name)) {
+                    $crate::dataplane::scenarios::$name($mode)
+                }
             }
         )*
     };
@@ -820,10 +836,15 @@ impl Cluster {
 /// packet through untouched): the packet is routed on as plain traffic. In this topology
 /// the service CIDR is routed towards the external client's namespace, which does not
 /// forward, so the packet vanishes there and the request times out.
+///
+/// IPVS mode binds the ClusterIP to `kube-ipvs0`, so the packet is for the node itself;
+/// upstream's `KUBE-IPVS-FILTER` (filter INPUT) rejects new connections to an IPVS address
+/// on a port no virtual server has. kube-proxy-rs's companion nftables rules drop them
+/// instead, as issue 5 asks: the request times out.
 fn unserved_cluster_ip_port(mode: Mode) -> Expect {
     match mode {
         Mode::Nftables => Expect::Refused,
-        Mode::Iptables(_) => Expect::Dropped,
+        Mode::Iptables(_) | Mode::Ipvs => Expect::Dropped,
     }
 }
 
@@ -834,11 +855,13 @@ impl Cluster {
     /// nftables mode defaults `--nodeport-addresses` to `primary` (upstream's
     /// `platformApplyDefaults`): nothing listens on the other address, the node resets.
     /// iptables mode's default is every local address (upstream jumps to
-    /// `KUBE-NODEPORTS` on `-m addrtype --dst-type LOCAL`): the service answers.
+    /// `KUBE-NODEPORTS` on `-m addrtype --dst-type LOCAL`): the service answers. So does
+    /// IPVS mode's: upstream makes a NodePort virtual server on every address of the node
+    /// but loopback and `kube-ipvs0`'s (`ipGetter.NodeIPs`).
     fn not_primary_node_port(&self, pods: &[&str]) -> Expect {
         match self.mode {
             Mode::Nftables => Expect::Refused,
-            Mode::Iptables(_) => self.reaches_masqueraded(pods),
+            Mode::Iptables(_) | Mode::Ipvs => self.reaches_masqueraded(pods),
         }
     }
 
@@ -846,7 +869,7 @@ impl Cluster {
     fn not_primary_node_port6(&self, pods: &[&str]) -> Expect {
         match self.mode {
             Mode::Nftables => Expect::Refused,
-            Mode::Iptables(_) => self.reaches_masqueraded6(pods),
+            Mode::Iptables(_) | Mode::Ipvs => self.reaches_masqueraded6(pods),
         }
     }
 }
@@ -944,6 +967,11 @@ impl Drop for Cluster {
                     sh.args(["-c", &format!("echo '# {v4}'; {v4}; echo '# {v6}'; {v6}")]);
                     sh
                 }),
+                Mode::Ipvs => ("ipvsadm -Ln, nft list ruleset, kube-ipvs0", {
+                    let mut sh = self.topology.node.command("sh");
+                    sh.args(["-c", ipvs::STATE_DUMP]);
+                    sh
+                }),
             };
             if self.mode == Mode::Nftables {
                 dump.args(["list", "ruleset"]);
@@ -983,6 +1011,9 @@ fn require_prerequisites(mode: Mode) {
             }
         }
     }
+    if mode == Mode::Ipvs {
+        tools.push(("ipvsadm".to_owned(), "--version"));
+    }
     for (tool, version) in tools {
         let ok = Command::new(&tool)
             .arg(version)
@@ -990,7 +1021,7 @@ fn require_prerequisites(mode: Mode) {
             .is_ok_and(|o| o.status.success());
         assert!(
             ok,
-            "dataplane tests need `{tool}`: apt-get install -y iproute2 nftables iptables"
+            "dataplane tests need `{tool}`: apt-get install -y iproute2 nftables iptables ipvsadm"
         );
     }
 }

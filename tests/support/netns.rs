@@ -631,6 +631,15 @@ impl TcpConversation {
             Err(e) => Outcome::from_error(&e),
         }
     }
+
+    /// Closes the connection with a RST (`SO_LINGER` 0) rather than a FIN, so that
+    /// nothing along the path keeps it in TIME_WAIT.
+    pub fn reset(self) {
+        let stream = self.reader.into_inner();
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
+    }
 }
 
 /// TCP and UDP echo servers on one port of a namespace, in both families,
