@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context as _, Result};
 use kube_proxy_iptables::{detect_variant, IptablesBackend, IptablesCommand, Variant};
+use kube_proxy_ipvs::{FakeDummyLink, FakeIpvs, IpvsBackend, IpvsSettings, Scheduler};
 use kube_proxy_model::{Backend, Changes, IpFamily, ProxyOptions, ProxyState, SyncReport};
 use kube_proxy_nftables::{NftCommand, NftablesBackend, StaticAddresses};
 use tokio::sync::mpsc;
@@ -50,7 +51,17 @@ pub fn render(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
                 .with_address_source(addresses)
                 .with_localhost_node_ports(localhost_node_ports(&inv.config)),
         ),
-        mode => bail!(unsupported(mode)),
+        // Rendering plans on fakes; the clients are never used.
+        ProxyMode::Ipvs => Box::new(
+            IpvsBackend::with_clients(
+                options,
+                ipvs_settings(&inv.config)?,
+                FakeIpvs::new(),
+                FakeDummyLink::new(),
+                NftCommand::new(),
+            )
+            .with_address_source(addresses),
+        ),
     };
     print!("{}", backend.render(&state)?);
     Ok(())
@@ -112,21 +123,42 @@ fn new_backend(config: &KubeProxyConfiguration, options: ProxyOptions) -> Result
             detect_variant(),
             localhost_node_ports(config),
         )?)),
-        mode => bail!(unsupported(mode)),
+        ProxyMode::Ipvs => Ok(Box::new(IpvsBackend::new(options, ipvs_settings(config)?)?)),
     }
+}
+
+/// The `ipvs` section as the IPVS backend takes it.
+fn ipvs_settings(config: &KubeProxyConfiguration) -> Result<IpvsSettings> {
+    let ipvs = &config.ipvs;
+    let scheduler = match ipvs.scheduler.as_str() {
+        "" => Scheduler::default(),
+        name => Scheduler::new(name).with_context(|| format!("ipvs.scheduler {name:?}"))?,
+    };
+    let exclude_cidrs = ipvs
+        .exclude_cidrs
+        .iter()
+        .map(|c| {
+            c.trim()
+                .parse()
+                .with_context(|| format!("ipvs.excludeCIDRs entry {c:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let secs = |d: &crate::config::Duration| d.to_std().unwrap_or_default();
+    Ok(IpvsSettings {
+        scheduler,
+        exclude_cidrs,
+        strict_arp: ipvs.strict_arp,
+        timeouts: kube_proxy_ipvs::Timeouts {
+            tcp: secs(&ipvs.tcp_timeout),
+            tcp_fin: secs(&ipvs.tcp_fin_timeout),
+            udp: secs(&ipvs.udp_timeout),
+        },
+    })
 }
 
 /// `iptables.localhostNodePorts` (default true).
 fn localhost_node_ports(config: &KubeProxyConfiguration) -> bool {
     config.iptables.localhost_node_ports.unwrap_or(true)
-}
-
-fn unsupported(mode: ProxyMode) -> String {
-    format!(
-        "proxy mode {:?} is not implemented by kube-proxy-rs yet; use --proxy-mode nftables \
-         (mode: nftables in the config file)",
-        mode.as_str()
-    )
 }
 
 /// The model of the objects in `files`, through the daemon's builder.
@@ -164,8 +196,10 @@ fn new_builder(config: &KubeProxyConfiguration) -> Result<ModelBuilder> {
 pub async fn daemon(inv: &Invocation) -> Result<()> {
     let config = &inv.config;
     let mode = config.effective_mode();
-    if !matches!(mode, ProxyMode::NfTables | ProxyMode::IpTables) {
-        bail!(unsupported(mode));
+    if matches!(mode, ProxyMode::Ipvs) {
+        // Fail at start, not at every sync, where the kernel has no IPVS.
+        kube_proxy_ipvs::Ipvs::new()
+            .context("--proxy-mode ipvs needs the kernel's IPVS (the ip_vs modules)")?;
     }
     let node_name = config.node_name()?;
     // Upstream's errCh: what stops the daemon besides a signal. The sender lives as long as
