@@ -39,7 +39,7 @@ pub fn required(strict_arp: bool, kernel: Option<(u32, u32)>) -> Vec<(&'static s
         ("net/ipv4/vs/expire_quiescent_template", 1),
         ("net/ipv4/ip_forward", 1),
     ];
-    if kernel.is_some_and(|k| k >= (4, 1) && k < (5, 9)) {
+    if kernel.is_some_and(|k| ((4, 1)..(5, 9)).contains(&k)) {
         v.push(("net/ipv4/vs/conn_reuse_mode", 0));
     }
     if strict_arp {

@@ -302,7 +302,6 @@ fn tcp_real_servers_drain_and_udp_ones_go_at_once() {
         busy
     ));
     let only_local = |svc: &str, proto, cip: &str, port, epip: &str, epport| {
-        ServicePort::new(name(svc, proto), ip(cip), port);
         (
             ServicePort::new(name(svc, proto), ip(cip), port),
             vec![ep(epip, epport, true)],
