@@ -7,10 +7,7 @@
 //! of iptables mode to remove). `--cleanup` removes every mode's state and fails if any
 //! part failed.
 
-use std::path::Path;
-
 use anyhow::{bail, Result};
-use kube_proxy_ipvs::{DummyLink, DummyLinkClient, Ipvs, IpvsClient, KUBE_IPVS0};
 use kube_proxy_model::{Backend, ProxyOptions};
 use kube_proxy_nftables::{NftCommand, NftablesBackend};
 
@@ -22,7 +19,7 @@ enum Leftovers {
     /// iptables mode's `KUBE-*` chains and the jumps to them, in both families and both
     /// iptables variants.
     Iptables,
-    /// IPVS mode's virtual services and its `kube-ipvs0` dummy link.
+    /// IPVS mode's virtual services, its `kube-ipvs0` dummy link and its nft tables.
     Ipvs,
     /// nftables mode's `ip` and `ip6 kube-proxy` tables.
     Nftables,
@@ -42,11 +39,8 @@ impl Leftovers {
     fn remove(self) -> Result<()> {
         match self {
             Leftovers::Iptables => kube_proxy_iptables::cleanup_leftovers()?,
-            Leftovers::Ipvs => {
-                let mut ipvs = loaded_ipvs()?;
-                let ipvs = ipvs.as_mut().map(|i| i as &mut dyn IpvsClient);
-                remove_ipvs(ipvs, &mut DummyLink::new(KUBE_IPVS0)?)?;
-            }
+            // Every virtual server, as upstream's IPVS clean-up flushes them all.
+            Leftovers::Ipvs => kube_proxy_ipvs::cleanup_leftovers(&[])?,
             Leftovers::Nftables => {
                 NftablesBackend::with_executor(ProxyOptions::default(), NftCommand::new())
                     .cleanup()?;
@@ -54,26 +48,6 @@ impl Leftovers {
         }
         Ok(())
     }
-}
-
-/// The kernel's IPVS when the `ip_vs` module is loaded. Without it there is no IPVS state
-/// to remove, and opening the client would load it (upstream loads it with `modprobe` to
-/// find out).
-fn loaded_ipvs() -> Result<Option<Ipvs>> {
-    let loaded = Path::new("/sys/module/ip_vs").exists();
-    Ok(loaded.then(Ipvs::new).transpose()?)
-}
-
-/// Removes IPVS mode's state as upstream does: every virtual service, whoever made it
-/// (when there is an `ipvs`), and the dummy link.
-fn remove_ipvs(ipvs: Option<&mut dyn IpvsClient>, link: &mut dyn DummyLinkClient) -> Result<()> {
-    if let Some(ipvs) = ipvs {
-        ipvs.flush()?;
-    }
-    if link.delete()? {
-        tracing::info!(link = KUBE_IPVS0, "deleted IPVS mode's dummy link");
-    }
-    Ok(())
 }
 
 /// At the start of `mode`: removes the state of the modes it replaces, logging failures.
@@ -111,8 +85,6 @@ pub fn remove_all() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube_proxy_ipvs::{FakeDummyLink, FakeIpvs, Scheduler, VirtualServer};
-    use kube_proxy_model::Protocol;
 
     #[test]
     fn each_mode_removes_the_others() {
@@ -123,21 +95,5 @@ mod tests {
         );
         assert_eq!(Leftovers::replaced_by(ProxyMode::IpTables), [Nftables]);
         assert_eq!(Leftovers::replaced_by(ProxyMode::Ipvs), [Nftables]);
-    }
-
-    #[test]
-    fn ipvs_state_is_flushed_and_the_link_deleted() {
-        let (mut ipvs, mut link) = (FakeIpvs::new(), FakeDummyLink::new());
-        link.ensure().unwrap();
-        link.add_address("10.96.0.10".parse().unwrap()).unwrap();
-        let ip = "10.96.0.10".parse().unwrap();
-        let service = VirtualServer::new(ip, 80, Protocol::Tcp, Scheduler::default());
-        ipvs.add_service(&service).unwrap();
-
-        remove_ipvs(Some(&mut ipvs), &mut link).unwrap();
-        assert!(ipvs.services().unwrap().is_empty());
-        assert!(!link.exists());
-        // Nothing left: a second run is a no-op, not an error.
-        remove_ipvs(None, &mut link).unwrap();
     }
 }
