@@ -838,13 +838,13 @@ impl Cluster {
 /// forward, so the packet vanishes there and the request times out.
 ///
 /// IPVS mode binds the ClusterIP to `kube-ipvs0`, so the packet is for the node itself;
-/// upstream's `KUBE-IPVS-FILTER` (filter INPUT) rejects new connections to an IPVS address
-/// on a port no virtual server has. kube-proxy-rs's companion nftables rules drop them
-/// instead, as issue 5 asks: the request times out.
+/// upstream's `KUBE-IPVS-FILTER` (filter INPUT, kubernetes issue 72236) rejects new
+/// connections to an IPVS address on a port no virtual server has, and so does the
+/// companion table's `service-ip-check`.
 fn unserved_cluster_ip_port(mode: Mode) -> Expect {
     match mode {
-        Mode::Nftables => Expect::Refused,
-        Mode::Iptables(_) | Mode::Ipvs => Expect::Dropped,
+        Mode::Nftables | Mode::Ipvs => Expect::Refused,
+        Mode::Iptables(_) => Expect::Dropped,
     }
 }
 

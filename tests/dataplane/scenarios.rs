@@ -123,6 +123,16 @@ pub fn load_balancer_source_ranges_guard_only_the_load_balancer_ip(mode: Mode) {
 /// endpoints and keeps the client's address; without a local endpoint it is
 /// dropped. Pods and the node itself still reach every endpoint, through the
 /// ClusterIP and (short-circuited, as upstream) through the NodePort.
+///
+/// IPVS mode differs where upstream's IPVS proxier does: a NodePort virtual
+/// server of a Local service has only the local endpoints as real servers,
+/// whoever connects (no short-circuit for pods and the node; neither is
+/// masqueraded, `KUBE-NODE-PORT-LOCAL-*` returns before `KUBE-MARK-MASQ`, and
+/// the node connects from its own address); and with no local endpoint it
+/// gets the cluster endpoints instead (`syncEndpoint`, kubernetes PR 97081:
+/// "Allow access from local PODs even if no local endpoints exist"), so the
+/// external client, unmasqueraded, reaches the remote endpoint: the remote
+/// node routes the reply back through this node here, where IPVS un-NATs it.
 pub fn external_traffic_policy_local(mode: Mode) {
     let mut cluster = Cluster::new(mode, &["a", "client"], &["r"]);
     let local = Svc::new("local", 10, &["a", "r"])
@@ -134,6 +144,18 @@ pub fn external_traffic_policy_local(mode: Mode) {
     cluster.apply(&[&local, &remote_only]);
     let (client, pod) = (Origin::Client(CLIENT_IP), Origin::Pod("client"));
     let pod_ip = cluster.pod_ip("client");
+    let (no_local_endpoint, pod_to_node_port, node_to_node_port) = match mode {
+        Mode::Nftables | Mode::Iptables(_) => (
+            Expect::Dropped,
+            reaches(&["a", "r"], pod_ip),
+            cluster.reaches_masqueraded(&["a", "r"]),
+        ),
+        Mode::Ipvs => (
+            reaches(&["r"], CLIENT_IP),
+            reaches(&["a"], pod_ip),
+            reaches(&["a"], NODE_IP),
+        ),
+    };
     cluster.check(&[
         (client, local.node_port_addr(), reaches(&["a"], CLIENT_IP)),
         (
@@ -141,27 +163,32 @@ pub fn external_traffic_policy_local(mode: Mode) {
             local.load_balancer_addr(),
             reaches(&["a"], CLIENT_IP),
         ),
-        (client, remote_only.node_port_addr(), Expect::Dropped),
+        (client, remote_only.node_port_addr(), no_local_endpoint),
         (pod, local.cluster_addr(), reaches(&["a", "r"], pod_ip)),
         (pod, remote_only.cluster_addr(), reaches(&["r"], pod_ip)),
-        (pod, local.node_port_addr(), reaches(&["a", "r"], pod_ip)),
+        (pod, local.node_port_addr(), pod_to_node_port),
         (pod, remote_only.node_port_addr(), reaches(&["r"], pod_ip)),
-        (
-            Origin::Node,
-            local.node_port_addr(),
-            cluster.reaches_masqueraded(&["a", "r"]),
-        ),
+        (Origin::Node, local.node_port_addr(), node_to_node_port),
     ]);
 }
 
 /// `internalTrafficPolicy: Local`: ClusterIP traffic from pods and the node
-/// goes only to local endpoints; with none it is dropped.
+/// goes only to local endpoints; with none it is dropped. Except in IPVS mode:
+/// upstream's IPVS proxier gives a ClusterIP without local endpoints the
+/// cluster endpoints instead (`syncEndpoint`, kubernetes PR 97081).
 pub fn internal_traffic_policy_local(mode: Mode) {
     let mut cluster = Cluster::new(mode, &["a", "client"], &["r"]);
     let local = Svc::new("local", 10, &["a", "r"]).internal_traffic_local();
     let remote_only = Svc::new("remote-only", 11, &["r"]).internal_traffic_local();
     cluster.apply(&[&local, &remote_only]);
     let pod = Origin::Pod("client");
+    let (from_pod, from_node) = match mode {
+        Mode::Nftables | Mode::Iptables(_) => (Expect::Dropped, Expect::Dropped),
+        Mode::Ipvs => (
+            reaches(&["r"], cluster.pod_ip("client")),
+            cluster.reaches_masqueraded(&["r"]),
+        ),
+    };
     cluster.check(&[
         (
             pod,
@@ -173,8 +200,8 @@ pub fn internal_traffic_policy_local(mode: Mode) {
             local.cluster_addr(),
             cluster.reaches_masqueraded(&["a"]),
         ),
-        (pod, remote_only.cluster_addr(), Expect::Dropped),
-        (Origin::Node, remote_only.cluster_addr(), Expect::Dropped),
+        (pod, remote_only.cluster_addr(), from_pod),
+        (Origin::Node, remote_only.cluster_addr(), from_node),
     ]);
 }
 
