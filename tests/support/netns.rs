@@ -128,8 +128,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Distinguishes namespaces created by this process.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
-/// How long a tool (`ip`, `nft`, ...) may run before it counts as hung.
-pub const TOOL_LIMIT: Duration = Duration::from_secs(5);
+/// How long a tool (`ip`, `nft`, ...) may run before it counts as hung. Generous: in
+/// the project's VM (TCG, no KVM) a plain `ip` takes up to half a second, and several
+/// seconds while the machine is busy.
+pub const TOOL_LIMIT: Duration = Duration::from_secs(20);
 
 /// Runs `ip` (or any program, bounded by [`TOOL_LIMIT`]) and returns its stdout; panics
 /// with its stderr if it fails.
@@ -152,17 +154,35 @@ pub struct Netns {
 impl Netns {
     /// Creates a namespace named `kpdp-<pid>-<n>-<role>` with `lo` up.
     pub fn create(role: &str) -> Netns {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let name = format!("kpdp-{}-{id}-{role}", std::process::id());
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        // Before any interface exists, so that every one inherits it: link-local
-        // addresses are usable at once, too.
-        for conf in ["all", "default"] {
-            ns.sysctl(&format!("ipv6/conf/{conf}/accept_dad"), "0");
+        Netns::create_all(&[role]).remove(0)
+    }
+
+    /// [`Netns::create`] for each of `roles`, with a single run of `ip`.
+    pub fn create_all<S: AsRef<str>>(roles: &[S]) -> Vec<Netns> {
+        let all: Vec<Netns> = roles
+            .iter()
+            .map(|role| {
+                let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let role = role.as_ref();
+                let name = format!("kpdp-{}-{id}-{role}", std::process::id());
+                Netns { name }
+            })
+            .collect();
+        let adds: Vec<String> = all
+            .iter()
+            .map(|ns| format!("netns add {}", ns.name))
+            .collect();
+        ip_batch(None, &adds);
+        for ns in &all {
+            // Before any interface exists, so that every one inherits it: link-local
+            // addresses are usable at once, too.
+            for conf in ["all", "default"] {
+                ns.sysctl(&format!("ipv6/conf/{conf}/accept_dad"), "0");
+            }
+            ns.enter(set_loopback_up)
+                .unwrap_or_else(|e| panic!("{}: lo up: {e}", ns.name));
         }
-        ns.ip("link set lo up");
-        ns
+        all
     }
 
     pub fn name(&self) -> &str {
@@ -240,26 +260,139 @@ fn setns(file: &File) {
 }
 
 impl Drop for Netns {
+    /// What `ip netns pids` + `kill -9` and `ip netns del` do, without running `ip`.
     fn drop(&mut self) {
+        let path = format!("/run/netns/{}", self.name);
         // Processes left inside (a kube-proxy that hung, say) would keep the
-        // namespace alive after `ip netns del`.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                    // SAFETY: sending a signal has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+        // namespace alive after the delete.
+        for pid in pids_in(&path) {
+            // SAFETY: sending a signal has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deleted = delete_netns_mount(&path);
+        if let Err(e) = deleted {
+            if !thread::panicking() {
+                panic!("could not delete netns {}: {e}", self.name);
             }
         }
-        let deleted = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        if !matches!(deleted, Ok(s) if s.success()) && !thread::panicking() {
-            panic!("could not delete netns {}: {deleted:?}", self.name);
+    }
+}
+
+/// The processes whose network namespace is the one bound at `path` (as `ip netns pids`
+/// finds them: same device and inode).
+fn pids_in(path: &str) -> Vec<libc::pid_t> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids = proc_dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok());
+    pids.filter(|pid: &libc::pid_t| {
+        let ns = std::fs::metadata(format!("/proc/{pid}/ns/net"));
+        ns.is_ok_and(|ns| ns.dev() == target.dev() && ns.ino() == target.ino())
+    })
+    .collect()
+}
+
+/// `ip netns del`: detaches the bind mount that keeps the namespace and removes the file.
+fn delete_netns_mount(path: &str) -> io::Result<()> {
+    let c_path = std::ffi::CString::new(path).expect("no NUL in a netns path");
+    // SAFETY: umount2 on a valid, NUL-terminated path; no memory is shared with it.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    std::fs::remove_file(path)
+}
+
+/// Brings `lo` of the calling thread's network namespace up (`ip link set lo up`).
+fn set_loopback_up() -> io::Result<()> {
+    // SAFETY: a socket of our own, closed below, and ioctls that read and write only the
+    // `ifreq` we pass, which names "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+            *dst = *src as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let result = if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        libc::close(fd);
+        result
+    }
+}
+
+/// Distinguishes batch files written by this process.
+static NEXT_BATCH: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `ip [-n NS] -batch FILE` over `lines` (each what follows `ip` on a command line;
+/// no `-6`, the addresses say the family): one exec instead of one per line, which
+/// matters in the VM, where each exec of `ip` costs a fraction of a second.
+fn ip_batch(ns: Option<&str>, lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    let n = NEXT_BATCH.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("kpdp-{}-{n}.ip", std::process::id()));
+    std::fs::write(&path, lines.join("\n") + "\n")
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let mut ip = Command::new("ip");
+    if let Some(ns) = ns {
+        ip.args(["-n", ns]);
+    }
+    ip.arg("-batch").arg(&path);
+    let out = output_bounded(&mut ip, TOOL_LIMIT);
+    let _ = std::fs::remove_file(&path);
+    let out = out.unwrap_or_else(|e| panic!("{ip:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip -batch in {ns:?} failed ({}): {}\n--- batch ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        lines.join("\n")
+    );
+}
+
+/// `ip` commands for one namespace, run together by [`IpBatch::run`].
+struct IpBatch<'a> {
+    ns: &'a Netns,
+    lines: Vec<String>,
+}
+
+impl<'a> IpBatch<'a> {
+    fn new(ns: &'a Netns) -> IpBatch<'a> {
+        IpBatch {
+            ns,
+            lines: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, line: String) {
+        self.lines.push(line);
+    }
+
+    /// A veth pair: `dev` in this batch's namespace, `peer_dev` inside `peer`.
+    fn veth(&mut self, dev: &str, peer: &Netns, peer_dev: &str) {
+        let peer = peer.name();
+        self.add(format!(
+            "link add {dev} type veth peer name {peer_dev} netns {peer}"
+        ));
+    }
+
+    fn run(self) {
+        ip_batch(Some(self.ns.name()), &self.lines);
     }
 }
 
@@ -286,32 +419,82 @@ pub struct Topology {
 impl Topology {
     /// Builds the cluster with the given pods on the node under test and on the
     /// remote node; pod addresses are handed out in order from `.2`.
+    ///
+    /// Each namespace is configured by one `ip -batch` (the node's routes by a second
+    /// one, once every link is up): a handful of execs rather than dozens.
     pub fn build(local_pods: &[&str], remote_pods: &[&str]) -> Topology {
-        let node = Netns::create("node");
-        let remote = Netns::create("remote");
-        let client = Netns::create("client");
-        wire_bridge(&node, LOCAL_POD_GATEWAY, LOCAL_POD_GATEWAY6);
-        enable_bridge_netfilter(&node);
+        let pods = local_pods.iter().map(|name| (*name, NODE_NAME));
+        let pods: Vec<(&str, &'static str)> = pods
+            .chain(remote_pods.iter().map(|name| (*name, REMOTE_NODE_NAME)))
+            .collect();
+        let mut roles = vec!["node".to_owned(), "remote".to_owned(), "client".to_owned()];
+        roles.extend(pods.iter().map(|(name, _)| format!("pod-{name}")));
+        let mut namespaces = Netns::create_all(&roles).into_iter();
+        let (node, remote, client) = (
+            namespaces.next().unwrap(),
+            namespaces.next().unwrap(),
+            namespaces.next().unwrap(),
+        );
+        let pod_namespaces: Vec<Netns> = namespaces.collect();
+        // Pod index on its node, from which its addresses and veth name follow.
+        let index_on_node = |i: usize| match pods[i].1 {
+            NODE_NAME => i,
+            _ => i - local_pods.len(),
+        };
+
+        let mut node_links = IpBatch::new(&node);
+        wire_bridge(
+            &node,
+            &mut node_links,
+            LOCAL_POD_GATEWAY,
+            LOCAL_POD_GATEWAY6,
+        );
         // Scenarios reject many probes from one client within a second; the kernel's
         // per-peer ICMP rate limit (one a second after a burst of six) would swallow
         // some of the port-unreachable errors that REJECT and closed ports send.
         node.sysctl("ipv4/icmp_ratelimit", "0");
         node.sysctl("ipv6/icmp/ratelimit", "0");
-        wire_remote(&node, &remote);
-        wire_client(&node, &client);
+        let mut remote_links = IpBatch::new(&remote);
+        wire_bridge(
+            &remote,
+            &mut remote_links,
+            REMOTE_POD_GATEWAY,
+            REMOTE_POD_GATEWAY6,
+        );
+        let mut client_links = IpBatch::new(&client);
+        let mut node_routes = IpBatch::new(&node);
+        wire_remote(&mut node_links, &mut node_routes, &mut remote_links);
+        wire_client(&mut node_links, &mut node_routes, &mut client_links);
+        for (i, netns) in pod_namespaces.iter().enumerate() {
+            let host = match pods[i].1 {
+                NODE_NAME => &mut node_links,
+                _ => &mut remote_links,
+            };
+            let port = format!("veth{}", index_on_node(i));
+            host.veth(&port, netns, "eth0");
+            // Hairpin lets a pod reach itself through a service.
+            host.add(format!("link set {port} master cbr0 up"));
+            host.add(format!("link set {port} type bridge_slave hairpin on"));
+        }
+        // Peers first: their links come up in their own batches.
+        node_links.run();
+        enable_bridge_netfilter(&node);
+        remote_links.run();
+        client_links.run();
+        node_routes.run();
         let mut topology = Topology {
             pods: BTreeMap::new(),
             client,
             remote,
             node,
         };
-        for (i, name) in local_pods.iter().enumerate() {
-            let gateways = (LOCAL_POD_GATEWAY, LOCAL_POD_GATEWAY6);
-            topology.add_pod(name, gateways, i, NODE_NAME);
-        }
-        for (i, name) in remote_pods.iter().enumerate() {
-            let gateways = (REMOTE_POD_GATEWAY, REMOTE_POD_GATEWAY6);
-            topology.add_pod(name, gateways, i, REMOTE_NODE_NAME);
+        for (i, netns) in pod_namespaces.into_iter().enumerate() {
+            let (name, node) = pods[i];
+            let gateways = match node {
+                NODE_NAME => (LOCAL_POD_GATEWAY, LOCAL_POD_GATEWAY6),
+                _ => (REMOTE_POD_GATEWAY, REMOTE_POD_GATEWAY6),
+            };
+            topology.add_pod(name, netns, gateways, index_on_node(i), node);
         }
         topology
     }
@@ -340,9 +523,12 @@ impl Topology {
         }
     }
 
+    /// The pod `name` in `netns`, whose `eth0` [`Topology::build`] plugged into its
+    /// node's bridge: addresses, routes and its echo server.
     fn add_pod(
         &mut self,
         name: &str,
+        netns: Netns,
         (gateway, gateway6): (Ipv4Addr, Ipv6Addr),
         index: usize,
         node: &'static str,
@@ -352,21 +538,12 @@ impl Topology {
         let ip = Ipv4Addr::new(a, b, c, host);
         let [a, b, c, d, ..] = gateway6.segments();
         let ip6 = Ipv6Addr::new(a, b, c, d, 0, 0, 0, host.into());
-        let netns = Netns::create(&format!("pod-{name}"));
-        let host = if node == NODE_NAME {
-            &self.node
-        } else {
-            &self.remote
-        };
-        let port = format!("veth{index}");
-        host.veth(&port, &netns, "eth0");
-        // Hairpin lets a pod reach itself through a service.
-        host.ip(&format!("link set {port} master cbr0 up"));
-        host.ip(&format!("link set {port} type bridge_slave hairpin on"));
-        link_up(&netns, "eth0", ip, 24);
-        add_ip6(&netns, "eth0", ip6, 64);
-        netns.ip(&format!("route add default via {gateway}"));
-        netns.ip(&format!("-6 route add default via {gateway6}"));
+        let mut batch = IpBatch::new(&netns);
+        add_ip6(&mut batch, "eth0", ip6, 64);
+        link_up(&mut batch, "eth0", ip, 24);
+        batch.add(format!("route add default via {gateway}"));
+        batch.add(format!("route add ::/0 via {gateway6}"));
+        batch.run();
         let server = EchoServer::start(&netns, name, POD_PORT);
         let pod = Pod {
             name: name.to_owned(),
@@ -401,10 +578,10 @@ impl Pod {
 }
 
 /// A node's bridge for its pods plus forwarding; shared by both nodes.
-fn wire_bridge(ns: &Netns, gateway: Ipv4Addr, gateway6: Ipv6Addr) {
-    ns.ip("link add cbr0 type bridge");
-    add_ip6(ns, "cbr0", gateway6, 64);
-    link_up(ns, "cbr0", gateway, 24);
+fn wire_bridge(ns: &Netns, batch: &mut IpBatch, gateway: Ipv4Addr, gateway6: Ipv6Addr) {
+    batch.add("link add cbr0 type bridge".into());
+    add_ip6(batch, "cbr0", gateway6, 64);
+    link_up(batch, "cbr0", gateway, 24);
     ns.sysctl("ipv4/ip_forward", "1");
     ns.sysctl("ipv6/conf/all/forwarding", "1");
 }
@@ -421,60 +598,60 @@ fn enable_bridge_netfilter(node: &Netns) {
 }
 
 /// The node-to-node link carrying `NODE_IP`, and routes to each other's pods.
-fn wire_remote(node: &Netns, remote: &Netns) {
-    wire_bridge(remote, REMOTE_POD_GATEWAY, REMOTE_POD_GATEWAY6);
-    node.veth("eth0", remote, "eth0");
+fn wire_remote(node: &mut IpBatch, node_routes: &mut IpBatch, remote: &mut IpBatch) {
+    node.veth("eth0", remote.ns, "eth0");
     add_ip6(node, "eth0", NODE_IP6, 64);
     add_ip6(remote, "eth0", REMOTE_NODE_IP6, 64);
     link_up(node, "eth0", NODE_IP, 24);
     link_up(remote, "eth0", REMOTE_NODE_IP, 24);
-    node.ip(&format!("route add {REMOTE_POD_CIDR} via {REMOTE_NODE_IP}"));
-    node.ip(&format!(
-        "-6 route add {REMOTE_POD_CIDR6} via {REMOTE_NODE_IP6}"
+    node_routes.add(format!("route add {REMOTE_POD_CIDR} via {REMOTE_NODE_IP}"));
+    node_routes.add(format!(
+        "route add {REMOTE_POD_CIDR6} via {REMOTE_NODE_IP6}"
     ));
     // Replies to pods, NodePort clients and masqueraded traffic all go back
     // through the node under test.
-    remote.ip(&format!("route add default via {NODE_IP}"));
-    remote.ip(&format!("-6 route add default via {NODE_IP6}"));
+    remote.add(format!("route add default via {NODE_IP}"));
+    remote.add(format!("route add ::/0 via {NODE_IP6}"));
 }
 
 /// The external client: a link network plus two "public" source addresses.
-fn wire_client(node: &Netns, client: &Netns) {
-    node.veth("eth1", client, "eth0");
+fn wire_client(node: &mut IpBatch, node_routes: &mut IpBatch, client: &mut IpBatch) {
+    node.veth("eth1", client.ns, "eth0");
     add_ip6(node, "eth1", NODE_UPLINK_IP6, 64);
     add_ip6(client, "eth0", CLIENT_IP6, 64);
     link_up(node, "eth1", NODE_UPLINK_IP, 24);
     link_up(client, "eth0", CLIENT_LINK_IP, 24);
     for ip in [CLIENT_IP, OTHER_CLIENT_IP] {
-        client.ip(&format!("addr add {ip}/32 dev lo"));
+        client.add(format!("addr add {ip}/32 dev lo"));
     }
-    client.ip(&format!(
+    client.add(format!(
         "route add default via {NODE_UPLINK_IP} src {CLIENT_IP}"
     ));
-    node.ip(&format!("route add 203.0.113.0/24 via {CLIENT_LINK_IP}"));
+    let node = node_routes;
+    node.add(format!("route add 203.0.113.0/24 via {CLIENT_LINK_IP}"));
     // Node-local connect() to a ClusterIP needs some route before the nat
     // output hook ever sees the packet; upstream nodes have a default route.
     // So does a packet that is not DNATed (a load-balancer IP's denied source
     // in iptables mode) to reach the filter FORWARD hook that drops it. The
     // client does not forward: what it gets for others vanishes there.
-    node.ip(&format!("route add {SERVICE_CIDR} via {CLIENT_LINK_IP}"));
-    node.ip(&format!("route add default via {CLIENT_LINK_IP}"));
+    node.add(format!("route add {SERVICE_CIDR} via {CLIENT_LINK_IP}"));
+    node.add(format!("route add default via {CLIENT_LINK_IP}"));
     add_ip6(client, "lo", OTHER_CLIENT_IP6, 128);
-    client.ip(&format!("-6 route add default via {NODE_UPLINK_IP6}"));
-    node.ip(&format!("-6 route add 2001:db8:2::/64 via {CLIENT_IP6}"));
-    node.ip(&format!("-6 route add {SERVICE_CIDR6} via {CLIENT_IP6}"));
-    node.ip(&format!("-6 route add default via {CLIENT_IP6}"));
+    client.add(format!("route add ::/0 via {NODE_UPLINK_IP6}"));
+    node.add(format!("route add 2001:db8:2::/64 via {CLIENT_IP6}"));
+    node.add(format!("route add {SERVICE_CIDR6} via {CLIENT_IP6}"));
+    node.add(format!("route add ::/0 via {CLIENT_IP6}"));
 }
 
-fn link_up(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix: u8) {
-    ns.ip(&format!("addr add {ip}/{prefix} dev {dev}"));
-    ns.ip(&format!("link set {dev} up"));
+fn link_up(batch: &mut IpBatch, dev: &str, ip: Ipv4Addr, prefix: u8) {
+    batch.add(format!("addr add {ip}/{prefix} dev {dev}"));
+    batch.add(format!("link set {dev} up"));
 }
 
 /// Adds an IPv6 address that is usable at once (no duplicate address
 /// detection); the link is brought up by [`link_up`].
-fn add_ip6(ns: &Netns, dev: &str, ip: Ipv6Addr, prefix: u8) {
-    ns.ip(&format!("-6 addr add {ip}/{prefix} dev {dev} nodad"));
+fn add_ip6(batch: &mut IpBatch, dev: &str, ip: Ipv6Addr, prefix: u8) {
+    batch.add(format!("addr add {ip}/{prefix} dev {dev} nodad"));
 }
 
 /// What an echo server reported: who it is and the peer it saw.
