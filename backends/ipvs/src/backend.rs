@@ -133,11 +133,15 @@ impl IpvsBackend {
     }
 
     /// The addresses that get a virtual server per NodePort, per family: those
-    /// `nodePortAddresses` selects, never loopback, IPv6 link-local or a service address.
+    /// `nodePortAddresses` selects, never loopback, IPv6 link-local, a service address
+    /// or an address on `kube-ipvs0` (`bound`: upstream's `ipGetter.NodeIPs` leaves out
+    /// the dummy link's addresses, including those of deleted services that this sync is
+    /// about to unbind).
     fn node_port_addresses(
         &self,
         state: &ProxyState,
         families: &[IpFamily],
+        bound: &BTreeSet<IpAddr>,
     ) -> Result<BTreeMap<IpFamily, Vec<IpAddr>>, BackendError> {
         let io = |source| BackendError::Io { mode: MODE, source };
         let frontends: BTreeSet<IpAddr> = IpFamily::ALL
@@ -165,7 +169,7 @@ impl IpvsBackend {
                         .filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback())
                         .collect(),
                 };
-            ips.retain(|ip| !frontends.contains(ip) && !is_link_local(ip));
+            ips.retain(|ip| !frontends.contains(ip) && !bound.contains(ip) && !is_link_local(ip));
             ips.sort();
             ips.dedup();
             out.insert(family, ips);
@@ -175,7 +179,13 @@ impl IpvsBackend {
 
     fn plan(&mut self, state: &ProxyState) -> Result<(Plan, Vec<IpFamily>), BackendError> {
         let families = self.families(state);
-        let nodes = self.node_port_addresses(state, &families)?;
+        let bound: BTreeSet<IpAddr> = match self.link.addresses() {
+            Ok(addrs) => addrs.into_iter().collect(),
+            // No kube-ipvs0 yet (the first sync creates it): nothing bound.
+            Err(e) if e.errno() == Some(libc::ENODEV) => BTreeSet::new(),
+            Err(e) => return Err(kernel_err(format!("listing the addresses of {KUBE_IPVS0}"))(e)),
+        };
+        let nodes = self.node_port_addresses(state, &families, &bound)?;
         let plan = plan(state, &families, &self.options, &self.settings, &nodes);
         Ok((plan, families))
     }

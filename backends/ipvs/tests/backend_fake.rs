@@ -158,6 +158,41 @@ fn changed(names: &[ServicePortName]) -> Changes {
     }
 }
 
+/// The kernel counts `kube-ipvs0`'s addresses among the node's: a service address left
+/// bound by an earlier sync (its service deleted since) must not become a NodePort address
+/// in the sync that unbinds it (upstream's `ipGetter.NodeIPs` leaves the dummy link's
+/// addresses out).
+#[test]
+fn addresses_on_kube_ipvs0_never_get_node_ports() {
+    let mut h = harness(IpvsSettings::default());
+    let stale = ip("10.96.0.77");
+    h.backend = h.backend.with_address_source(StaticAddresses(vec![
+        ip("127.0.0.1"),
+        ip("192.168.0.10"),
+        stale,
+    ]));
+    h.link.ensure().unwrap();
+    h.link.add_address(stale).unwrap();
+    h.backend.sync(&scenario(), &Changes::full()).unwrap();
+    let services: Vec<ServiceKey> = h
+        .ipvs
+        .clone()
+        .services()
+        .unwrap()
+        .iter()
+        .map(VirtualServer::key)
+        .collect();
+    assert!(
+        services.contains(&key("192.168.0.10", 30080, Protocol::Tcp)),
+        "{services:?}"
+    );
+    assert!(
+        !services.contains(&key("10.96.0.77", 30080, Protocol::Tcp)),
+        "{services:?}"
+    );
+    assert!(!h.link.addresses().unwrap().contains(&stale));
+}
+
 #[test]
 fn full_sync_programs_every_frontend_with_the_policy_s_endpoints() {
     let mut h = harness(IpvsSettings::default());
