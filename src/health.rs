@@ -245,11 +245,11 @@ pub type FatalErrors = tokio::sync::mpsc::Sender<anyhow::Error>;
 /// How long upstream waits before trying to bind a server's address again.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
-/// Binds `addr` and serves HTTP on it as [`spawn_http`] does, all in the background. As
-/// upstream: a bind that fails (the address in use, say) is logged with `context` (which
-/// names the address) and retried every 5 s, because a proxy without its health server
-/// still proxies; with `hard_fail` (`bindAddressHardFail`), the first failure goes there
-/// instead, to stop the daemon.
+/// Binds `addr` (as [`bind_like_go`] does) and serves HTTP on it as [`spawn_http`] does,
+/// all in the background. As upstream: a bind that fails (the address in use, say) is
+/// logged with `context` (which names the address) and retried every 5 s, because a proxy
+/// without its health server still proxies; with `hard_fail` (`bindAddressHardFail`), the
+/// first failure goes there instead, to stop the daemon.
 pub fn spawn_http_on(
     addr: SocketAddr,
     context: String,
@@ -258,7 +258,7 @@ pub fn spawn_http_on(
 ) {
     tokio::spawn(async move {
         let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
+            match bind_like_go(addr) {
                 Ok(listener) => break listener,
                 Err(e) => {
                     let error = anyhow::Error::new(e).context(context.clone());
@@ -275,6 +275,31 @@ pub fn spawn_http_on(
         tracing::info!(address = %addr, "serving HTTP");
         spawn_http(listener, route);
     });
+}
+
+/// Binds `addr` as Go's `net.Listen("tcp", addr)` does, which upstream's servers use: an
+/// unspecified address of either family (`0.0.0.0`, the default `healthzBindAddress`, or
+/// `[::]`) listens on every address of both families, through one IPv6 socket that also
+/// accepts IPv4 (std leaves `IPV6_V6ONLY` at the kernel's default, `bindv6only` 0), so
+/// that an IPv6 or dual-stack node answers on its IPv6 addresses too. Without IPv6 in the
+/// kernel, `0.0.0.0` falls back to IPv4 alone.
+pub fn bind_like_go(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = if addr.ip().is_unspecified() {
+        let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), addr.port());
+        std::net::TcpListener::bind(any).or_else(|e| {
+            let no_ipv6 = e.kind() != std::io::ErrorKind::AddrInUse
+                && e.kind() != std::io::ErrorKind::PermissionDenied;
+            if addr.is_ipv4() && no_ipv6 {
+                std::net::TcpListener::bind(addr)
+            } else {
+                Err(e)
+            }
+        })?
+    } else {
+        std::net::TcpListener::bind(addr)?
+    };
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// Serves HTTP/1 on `listener` until the process exits or the returned task is aborted

@@ -377,6 +377,40 @@ fn serves_health_and_metrics() {
     });
 }
 
+/// A wildcard IPv4 bind address (`healthzBindAddress`' default `0.0.0.0:10256`, a
+/// `metricsBindAddress` of `0.0.0.0:10249`) serves both families, as upstream's Go
+/// listeners do: an IPv6 or dual-stack node's load balancers and scrapers reach it on
+/// its IPv6 addresses.
+#[test]
+fn wildcard_bind_addresses_answer_on_ipv6_too() {
+    in_private_netns(|server| {
+        create_node(server);
+        let (healthz, metrics) = (free_local_port(), free_local_port());
+        let mut daemon = Daemon::start_with(
+            server,
+            &[
+                &format!("--healthz-bind-address=0.0.0.0:{healthz}"),
+                &format!("--metrics-bind-address=0.0.0.0:{metrics}"),
+            ],
+        );
+        let v6 = |port: u16| std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let (status, body) = daemon.wait_until("/healthz on [::1]", || {
+            http_get_at(v6(healthz), "/healthz").ok_or("nothing answers on [::1]".to_owned())
+        });
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"lastUpdated\""), "{body}");
+        assert_eq!(http_get(healthz, "/livez").map(|(code, _)| code), Some(200));
+        assert_eq!(
+            http_get_at(v6(metrics), "/proxyMode"),
+            Some((200, "nftables".to_owned()))
+        );
+        assert_eq!(
+            http_get(metrics, "/proxyMode"),
+            Some((200, "nftables".to_owned()))
+        );
+    });
+}
+
 /// A UDP conntrack entry that sends a Service's frontend to something that is not its
 /// endpoint is deleted after the sync, and counted in upstream's reconciler metric.
 #[test]

@@ -58,8 +58,13 @@ pub fn free_local_port() -> u16 {
 
 /// `GET path` from `127.0.0.1:port`: the status and body, or `None` while nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_at((std::net::Ipv4Addr::LOCALHOST, port).into(), path)
+}
+
+/// `GET path` from `addr`: the status and body, or `None` while nothing answers.
+pub fn http_get_at(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
