@@ -219,7 +219,7 @@ pub async fn daemon(inv: &Invocation) -> Result<()> {
     tracing::info!(node = %node_name, mode = mode.as_str(), "kube-proxy-rs started");
     // Upstream's healthTimeout: a queued update may wait two periodic syncs.
     let health = Arc::new(Mutex::new(HealthState::new(2 * config.sync_period())));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::for_mode(mode));
     let hard_fail = config.bind_address_hard_fail.then(|| fatal_tx.clone());
     if let Some(addr) = config.healthz_addr()? {
         health::serve(addr, health.clone(), metrics.clone(), hard_fail.clone());
@@ -351,7 +351,7 @@ impl Proxy<'_> {
         let (_, backend) = self.backend.as_mut().expect("backend was just set");
         let started = std::time::Instant::now();
         let report = tokio::task::block_in_place(|| backend.sync(state, changes))
-            .inspect_err(|_| self.metrics.nftables_sync_failed())?;
+            .inspect_err(|_| self.metrics.sync_failed())?;
         tokio::task::block_in_place(|| clean_stale_flows(state, &self.metrics));
         // Upstream logs every sync only at -v=2; one that changed the kernel is worth more.
         let elapsed_ms = started.elapsed().as_millis() as u64;

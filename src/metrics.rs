@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use kube_proxy_model::{IpFamily, ProxyState};
 
+use crate::config::ProxyMode;
 use crate::health::{self, Reply};
 use crate::sources::{Kind, SourceEvent};
 
@@ -85,7 +86,10 @@ struct Values {
     service_changes_total: u64,
     /// Per family, from the first successful sync on.
     no_local_endpoints: BTreeMap<IpFamily, NoLocalEndpoints>,
-    nftables_sync_failures: u64,
+    /// Failed syncs, counted under [`Values::failures_metric`].
+    sync_failures: u64,
+    /// The name and help of the counter of failed syncs, which depends on the mode.
+    failures_metric: (&'static str, &'static str),
     /// Per family, from its first stale-entry cleanup on, as upstream's vectors.
     conntrack_reconcile: BTreeMap<IpFamily, Histogram>,
     conntrack_deleted: BTreeMap<IpFamily, u64>,
@@ -134,6 +138,25 @@ pub struct Metrics(Mutex<Values>);
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::for_mode(ProxyMode::NfTables)
+    }
+}
+
+impl Metrics {
+    /// The metrics of a proxy in `mode`. A failed sync is counted as upstream's proxier of
+    /// that mode counts it: the nftables proxier's failed transactions, the iptables and
+    /// IPVS proxiers' failed `iptables-restore` runs.
+    pub fn for_mode(mode: ProxyMode) -> Self {
+        let failures_metric = match mode {
+            ProxyMode::NfTables => (
+                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                "Cumulative proxy nftables sync failures",
+            ),
+            ProxyMode::IpTables | ProxyMode::Ipvs => (
+                "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+                "Cumulative proxy iptables restore failures",
+            ),
+        };
         Metrics(Mutex::new(Values {
             sync: Histogram::new(sync_buckets()),
             sync_full: Histogram::new(sync_buckets()),
@@ -146,7 +169,8 @@ impl Default for Metrics {
             service_changes_pending: 0,
             service_changes_total: 0,
             no_local_endpoints: BTreeMap::new(),
-            nftables_sync_failures: 0,
+            sync_failures: 0,
+            failures_metric,
             conntrack_reconcile: BTreeMap::new(),
             conntrack_deleted: BTreeMap::new(),
             healthz: BTreeMap::new(),
@@ -232,9 +256,10 @@ impl Metrics {
         }
     }
 
-    /// The nftables transaction of a sync failed.
-    pub fn nftables_sync_failed(&self) {
-        self.values().nftables_sync_failures += 1;
+    /// Programming the rules of a sync failed (the nftables transaction, or
+    /// `iptables-restore`).
+    pub fn sync_failed(&self) {
+        self.values().sync_failures += 1;
     }
 
     /// The stale conntrack entries of `family` were cleaned up in `elapsed` (successfully
@@ -315,7 +340,8 @@ impl Metrics {
         let deleted = deleted
             .map(|(f, n)| (family_label(*f), *n as f64))
             .collect();
-        let failures = v.nftables_sync_failures;
+        let failures = v.sync_failures;
+        let (failures_name, failures_help) = v.failures_metric;
         // (name, help, type, samples)
         for (name, help, kind, samples) in [
             (
@@ -361,8 +387,8 @@ impl Metrics {
                 no_local.collect(),
             ),
             (
-                "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-                "Cumulative proxy nftables sync failures",
+                failures_name,
+                failures_help,
                 "counter",
                 per_family(failures as f64, failures > 0),
             ),
@@ -585,7 +611,7 @@ mod tests {
         m.probed(Probe::Healthz, 200);
         m.probed(Probe::Healthz, 503);
         m.probed(Probe::Livez, 200);
-        m.nftables_sync_failed();
+        m.sync_failed();
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
         m.queued(at);
         m.synced(
@@ -630,6 +656,37 @@ mod tests {
                 "missing {want:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn sync_failures_are_counted_under_the_modes_upstream_name() {
+        let iptables = "kubeproxy_sync_proxy_rules_iptables_restore_failures_total";
+        let nftables = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total";
+        for (mode, name, other) in [
+            (ProxyMode::IpTables, iptables, nftables),
+            (ProxyMode::Ipvs, iptables, nftables),
+            (ProxyMode::NfTables, nftables, iptables),
+        ] {
+            let m = Metrics::for_mode(mode);
+            m.sync_failed();
+            let text = m.encode();
+            for want in [
+                format!("# TYPE {name} counter"),
+                format!("{name}{{ip_family=\"IPv4\"}} 1"),
+                format!("{name}{{ip_family=\"IPv6\"}} 1"),
+            ] {
+                assert!(
+                    text.lines().any(|l| l == want),
+                    "{mode:?}: no {want:?} in\n{text}"
+                );
+            }
+            assert!(!text.contains(other), "{mode:?}: {other} in\n{text}");
+        }
+        let help = "# HELP kubeproxy_sync_proxy_rules_iptables_restore_failures_total \
+                    Cumulative proxy iptables restore failures";
+        let m = Metrics::for_mode(ProxyMode::IpTables);
+        m.sync_failed();
+        assert!(m.encode().lines().any(|l| l == help));
     }
 
     #[test]
