@@ -475,3 +475,56 @@ fn cleanup_removes_ipvs_mode_state() {
         assert!(!ip("link show kube-ipvs0").status.success(), "{stderr}");
     });
 }
+
+/// The DaemonSet's command line (`--config` and `--hostname-override=$(NODE_NAME)`, nothing
+/// else) with the ConfigMap's shape of configuration: the API server comes from
+/// `clientConnection.kubeconfig`, the health and metrics servers from the defaults
+/// (`0.0.0.0:10256`, `127.0.0.1:10249`). The daemon syncs and answers there as upstream's
+/// e2e test "should check kube-proxy urls" expects.
+#[test]
+fn runs_as_the_daemonset_runs_it() {
+    in_private_netns(|server| {
+        create_node(server);
+        let dir = tempfile::tempdir().expect("a config directory");
+        let kubeconfig = dir.path().join("kubeconfig.conf");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters:\n- cluster:\n    server: {}\n  name: default\n\
+                 contexts:\n- context:\n    cluster: default\n    user: default\n  name: default\n\
+                 current-context: default\n\
+                 users:\n- name: default\n  user: {{}}\n",
+                server.url()
+            ),
+        )
+        .expect("write the kubeconfig");
+        let config = format!(
+            "{}clientConnection:\n  kubeconfig: {}\n",
+            config_text(MIN_SYNC_PERIOD),
+            kubeconfig.display()
+        );
+        let config = write_configmap(dir.path(), "v1", &config);
+        let mut daemon = Daemon::start_exactly(&[
+            &format!("--config={}", config.display()),
+            &format!("--hostname-override={}", NODE.to_uppercase()),
+        ]);
+        let (status, body) = daemon.wait_until("/healthz on 10256 after a sync", || {
+            http_get(10256, "/healthz")
+                .filter(|(_, body)| body.contains("\"status\""))
+                .ok_or_else(|| "no synced answer on 10256 yet".to_owned())
+        });
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"lastUpdated\""), "{body}");
+        assert_eq!(
+            http_get(10249, "/proxyMode"),
+            Some((200, "nftables".to_owned()))
+        );
+        let (status, text) = http_get(10249, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}"),
+            "{text}"
+        );
+    });
+}

@@ -180,6 +180,20 @@ impl Daemon {
         Daemon::start_with_env(server, extra, &[])
     }
 
+    /// `kube-proxy` with exactly `args` and nothing else, as a DaemonSet runs it.
+    pub fn start_exactly(args: &[&str]) -> Daemon {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let output = || log.as_file().try_clone().expect("dup the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kube-proxy"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(output())
+            .stderr(output())
+            .spawn()
+            .expect("spawn kube-proxy");
+        Daemon { child, log }
+    }
+
     /// As [`Daemon::start_with`], with the environment variables `env` set (e.g. a `PATH`
     /// that puts a wrapper before a tool the daemon runs).
     pub fn start_with_env(server: &FakeApiServer, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
