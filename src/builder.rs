@@ -26,6 +26,8 @@ pub struct ModelBuilder {
     override_node_ips: Vec<IpAddr>,
     /// Our own Node object, once seen.
     node: Option<NodeFacts>,
+    /// Our Node was deleted (and has not come back): see [`Self::node_eligible`].
+    node_deleted: bool,
     /// ServiceCIDR objects by name.
     service_cidrs: BTreeMap<String, Vec<ipnet::IpNet>>,
     /// The ports (both families) of every Service the proxy handles.
@@ -55,6 +57,7 @@ impl ModelBuilder {
             fallback_node_ips,
             override_node_ips: Vec::new(),
             node: None,
+            node_deleted: false,
             service_cidrs: BTreeMap::new(),
             services: HashMap::new(),
             slices: HashMap::new(),
@@ -112,10 +115,13 @@ impl ModelBuilder {
     }
 
     /// Whether load balancers may send traffic to this node (upstream's `NodeEligible`):
-    /// true unless our Node is being deleted. Without a Node object, as while upstream
-    /// starts up, the node counts as eligible.
+    /// true unless our Node is being deleted or is gone. Before any Node object was seen,
+    /// as while upstream starts up, the node counts as eligible; once our Node has been
+    /// deleted it does not (upstream v1.33 keeps judging the deleted object, whose
+    /// autoscaler taint stays; later releases exit, or find no Node and answer false), so
+    /// that load balancers do not return to a node the cluster autoscaler removed.
     pub fn node_eligible(&self) -> bool {
-        !self.node.as_ref().is_some_and(|n| n.to_be_deleted)
+        !self.node_deleted && !self.node.as_ref().is_some_and(|n| n.to_be_deleted)
     }
 
     /// The current model.
@@ -152,6 +158,7 @@ impl ModelBuilder {
             Object::Node(node) => {
                 if self.is_our_node(node) {
                     self.node = Some(convert::node_facts(node).log());
+                    self.node_deleted = false;
                     self.update_node();
                 }
             }
@@ -180,6 +187,7 @@ impl ModelBuilder {
             Object::Node(node) => {
                 if self.is_our_node(node) {
                     self.node = None;
+                    self.node_deleted = true;
                     self.update_node();
                 }
             }
@@ -228,6 +236,8 @@ impl ModelBuilder {
                     Object::Node(n) if self.is_our_node(n) => Some(convert::node_facts(n).log()),
                     _ => None,
                 });
+                // Held before, not listed now: deleted while the watch was down.
+                self.node_deleted = ours.is_none() && (self.node_deleted || self.node.is_some());
                 self.node = ours;
                 self.update_node();
                 return;
@@ -934,6 +944,29 @@ mod tests {
         );
         b.handle(SourceEvent::Applied(node("node-a", None, &["192.0.2.1"])));
         assert!(b.node_eligible(), "the taint was removed");
+    }
+
+    #[test]
+    fn a_deleted_node_stays_ineligible_until_it_comes_back() {
+        let mut b = synced(vec![node("node-a", None, &["192.0.2.1"])]);
+        b.handle(SourceEvent::Deleted(node("node-b", None, &["192.0.2.2"])));
+        assert!(b.node_eligible(), "another node's deletion is not ours");
+        b.handle(SourceEvent::Deleted(node("node-a", None, &["192.0.2.1"])));
+        assert!(!b.node_eligible(), "our Node is gone");
+        b.handle(SourceEvent::Applied(node("node-a", None, &["192.0.2.1"])));
+        assert!(b.node_eligible(), "our Node is back");
+        // Deleted while the watch was down: the relist no longer holds it.
+        b.handle(SourceEvent::Listed(Kind::Node, Vec::new()));
+        assert!(!b.node_eligible(), "missing from the relist");
+        b.handle(SourceEvent::Listed(Kind::Node, Vec::new()));
+        assert!(!b.node_eligible(), "still missing");
+        let listed = vec![node("node-a", None, &["192.0.2.1"])];
+        b.handle(SourceEvent::Listed(Kind::Node, listed));
+        assert!(b.node_eligible(), "listed again");
+        // A Node list that never held ours (it was not created yet) is a starting node.
+        let mut fresh = synced(Vec::new());
+        fresh.handle(SourceEvent::Listed(Kind::Node, Vec::new()));
+        assert!(fresh.node_eligible());
     }
 
     #[test]
