@@ -163,7 +163,7 @@ impl IptablesBackend {
         variant: Variant,
         localhost_node_ports: bool,
     ) -> Result<Self, BackendError> {
-        validate(&options)?;
+        options.validate(MODE)?;
         let mut exec = IptablesCommand::new(variant);
         let mut families = Vec::new();
         for family in IpFamily::ALL {
@@ -439,27 +439,13 @@ fn backend_error(e: ExecError, doing: &str) -> BackendError {
     }
 }
 
-/// Rejects options no kube-proxy would start with, before they reach a rule.
-fn validate(options: &ProxyOptions) -> Result<(), BackendError> {
-    if options.masquerade_bit > 31 {
-        return Err(BackendError::Unavailable {
-            mode: MODE,
-            message: format!(
-                "masqueradeBit {} is out of range 0..=31",
-                options.masquerade_bit
-            ),
-        });
-    }
-    Ok(())
-}
-
 impl Backend for IptablesBackend {
     fn mode(&self) -> &'static str {
         MODE
     }
 
     fn sync(&mut self, state: &ProxyState, changes: &Changes) -> Result<SyncReport, BackendError> {
-        validate(&self.options)?;
+        self.options.validate(MODE)?;
         let mut full = changes.full || self.needs_full;
         for family in self.families.clone() {
             full = full || !self.canaries_intact(family);
@@ -474,7 +460,7 @@ impl Backend for IptablesBackend {
     }
 
     fn render(&self, state: &ProxyState) -> Result<String, BackendError> {
-        validate(&self.options)?;
+        self.options.validate(MODE)?;
         let mut out = String::new();
         for &family in &self.families {
             if family == IpFamily::V6 && state.v6.is_empty() && !state.v4.is_empty() {

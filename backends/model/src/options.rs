@@ -2,6 +2,8 @@
 
 use ipnet::IpNet;
 
+use crate::backend::BackendError;
+
 /// How a backend tells traffic that comes from a pod on this node or cluster ("local")
 /// from traffic that comes from outside, for masquerading and the short-circuit of
 /// `externalTrafficPolicy: Local`.
@@ -47,6 +49,23 @@ pub struct ProxyOptions {
     /// `nodePortAddresses`; empty accepts NodePorts on every local address.
     pub node_port_addresses: Vec<NodePortAddress>,
     pub scheduling: Scheduling,
+}
+
+impl ProxyOptions {
+    /// Rejects options no kube-proxy would start with, before they reach a rule of
+    /// backend `mode`.
+    pub fn validate(&self, mode: &'static str) -> Result<(), BackendError> {
+        if self.masquerade_bit > 31 {
+            return Err(BackendError::Unavailable {
+                mode,
+                message: format!(
+                    "masqueradeBit {} is out of range 0..=31",
+                    self.masquerade_bit
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for ProxyOptions {

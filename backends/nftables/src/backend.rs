@@ -42,7 +42,7 @@ impl NftablesBackend {
     /// kernel would not accept our IPv4 table (nft missing, no permission, no nf_tables);
     /// without IPv6 nf_tables support it programs IPv4 only, as upstream does.
     pub fn new(options: ProxyOptions) -> Result<Self, BackendError> {
-        validate(&options)?;
+        options.validate(MODE)?;
         let nft = NftCommand::new();
         let mut families = Vec::new();
         for family in Family::ALL {
@@ -283,27 +283,13 @@ fn backend_error(e: ExecError, doing: &str) -> BackendError {
     }
 }
 
-/// Rejects options no kube-proxy would start with, before they reach a rule.
-fn validate(options: &ProxyOptions) -> Result<(), BackendError> {
-    if options.masquerade_bit > 31 {
-        return Err(BackendError::Unavailable {
-            mode: MODE,
-            message: format!(
-                "masqueradeBit {} is out of range 0..=31",
-                options.masquerade_bit
-            ),
-        });
-    }
-    Ok(())
-}
-
 impl Backend for NftablesBackend {
     fn mode(&self) -> &'static str {
         MODE
     }
 
     fn sync(&mut self, state: &ProxyState, changes: &Changes) -> Result<SyncReport, BackendError> {
-        validate(&self.options)?;
+        self.options.validate(MODE)?;
         let mut report = SyncReport {
             full: changes.full || self.needs_full || self.kernel.is_none(),
             applied: false,
@@ -347,7 +333,7 @@ impl Backend for NftablesBackend {
     }
 
     fn render(&self, state: &ProxyState) -> Result<String, BackendError> {
-        validate(&self.options)?;
+        self.options.validate(MODE)?;
         let mut tx = Transaction::new();
         for &family in &self.families {
             let ctx = self.context(state, family);
