@@ -339,6 +339,17 @@ fn complete(
         config.hostname_override = name.to_lowercase();
     }
     config.validate().map_err(ConfigError::from)?;
+    // IPVS picks real servers with its own scheduler: a random choice asked for here
+    // would be silently ignored.
+    if flags.endpoint_selection == Some(Scheduling::Random)
+        && config.effective_mode() == ProxyMode::Ipvs
+    {
+        return Err(usage_error(
+            "--endpoint-selection",
+            "\"random\" is not available in ipvs mode, where the IPVS scheduler picks \
+             endpoints: set ipvs.scheduler (--ipvs-scheduler) instead",
+        ));
+    }
     Ok(config)
 }
 
@@ -527,7 +538,7 @@ struct Flags {
     )]
     hostname_override: Option<String>,
     #[arg(long, value_name = "string", value_parser = parse_endpoint_selection,
-          help = "kube-proxy-rs extension: how a new connection picks one of a Service's endpoints in the nftables mode, 'round-robin' (numgen inc) or 'random' (numgen random, upstream's choice). Honoured even when --config is given. (default \"round-robin\")")]
+          help = "kube-proxy-rs extension: how a new connection picks one of a Service's endpoints in the nftables and iptables modes, 'round-robin' (numgen inc, statistic nth) or 'random' (upstream's choice). IPVS mode uses --ipvs-scheduler and refuses 'random'. Honoured even when --config is given. (default \"round-robin\")")]
     endpoint_selection: Option<Scheduling>,
     #[arg(long, value_name = "ip", value_parser = parse_ip,
           help = "Overrides kube-proxy's idea of what its node's primary IP is. Note that the name is a historical artifact, and kube-proxy does not actually bind any sockets to this IP. This parameter is ignored if a config file is specified by --config. (default 0.0.0.0)")]
@@ -1408,6 +1419,21 @@ mod tests {
         let inv = ok(&format!("--config={path} --endpoint-selection=random"));
         assert_eq!(inv.scheduling, Scheduling::Random);
         assert!(inv.warnings.is_empty(), "{:?}", inv.warnings);
+    }
+
+    #[test]
+    fn random_endpoint_selection_is_refused_in_ipvs_mode() {
+        let e = err("--proxy-mode=ipvs --endpoint-selection=random");
+        assert!(
+            e.contains("--endpoint-selection") && e.contains("--ipvs-scheduler"),
+            "{e}"
+        );
+        let file = config_file("mode: ipvs\n");
+        let path = file.path().display();
+        assert!(err(&format!("--config={path} --endpoint-selection=random"))
+            .contains("not available in ipvs mode"));
+        let inv = ok("--proxy-mode=ipvs --endpoint-selection=round-robin");
+        assert_eq!(inv.scheduling, Scheduling::RoundRobin);
     }
 
     #[test]

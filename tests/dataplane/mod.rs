@@ -648,6 +648,32 @@ impl Cluster {
 
     /// Runs `kube-proxy apply` in the node namespace and requires exit 0.
     fn apply(&mut self, services: &[&Svc]) {
+        let output = self.run_apply(services);
+        assert!(
+            output.status.success(),
+            "kube-proxy apply #{} failed: {}",
+            self.applies,
+            output.status
+        );
+        if let Mode::Iptables(variant) = self.mode {
+            self.assert_rules_in_variant(variant);
+        }
+    }
+
+    /// Runs `kube-proxy apply`, requires it to fail, and returns its stderr.
+    fn apply_refused(&mut self, services: &[&Svc]) -> String {
+        let output = self.run_apply(services);
+        assert!(
+            !output.status.success(),
+            "kube-proxy apply #{} succeeded",
+            self.applies
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// Runs `kube-proxy apply` of `services` in the node namespace; the log of
+    /// the run is kept for failure reports.
+    fn run_apply(&mut self, services: &[&Svc]) -> std::process::Output {
         self.applies += 1;
         let path = self
             .workdir
@@ -674,15 +700,7 @@ impl Cluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr),
         );
-        assert!(
-            output.status.success(),
-            "kube-proxy apply #{} failed: {}",
-            self.applies,
-            output.status
-        );
-        if let Mode::Iptables(variant) = self.mode {
-            self.assert_rules_in_variant(variant);
-        }
+        output
     }
 
     fn pod_ip(&self, pod: &str) -> IpAddr {

@@ -64,11 +64,20 @@ pub fn cluster_ip_spreads_over_all_endpoints(mode: Mode) {
 }
 
 /// `--endpoint-selection=random` (upstream's only behaviour) still reaches
-/// every endpoint, each with a fair share.
+/// every endpoint, each with a fair share. IPVS mode refuses the flag, naming
+/// what picks endpoints there: the IPVS scheduler.
 pub fn random_endpoint_selection_spreads_fairly(mode: Mode) {
     let mut cluster = Cluster::new(mode, &["a", "b", "client"], &["r"]);
     cluster.selection = Selection::Random;
     let web = Svc::new("web", 10, &["a", "b", "r"]);
+    if mode == Mode::Ipvs {
+        let stderr = cluster.apply_refused(&[&web]);
+        assert!(
+            stderr.contains("--endpoint-selection") && stderr.contains("--ipvs-scheduler"),
+            "{stderr}"
+        );
+        return;
+    }
     cluster.apply(&[&web]);
     let endpoints = ["a", "b", "r"];
     cluster.check(&[(
@@ -173,14 +182,19 @@ pub fn external_traffic_policy_local(mode: Mode) {
 }
 
 /// `internalTrafficPolicy: Local`: ClusterIP traffic from pods and the node
-/// goes only to local endpoints; with none it is dropped. Except in IPVS mode:
-/// upstream's IPVS proxier gives a ClusterIP without local endpoints the
-/// cluster endpoints instead (`syncEndpoint`, kubernetes PR 97081).
+/// goes only to local endpoints; with none it is dropped. IPVS mode differs
+/// where upstream's IPVS proxier does (`syncEndpoint`, kubernetes PR 97081):
+/// a ClusterIP without local endpoints gets the cluster endpoints instead, but
+/// only where the port has any, that is where it also serves Cluster-policy
+/// traffic (here a NodePort); a ClusterIP-only port has none and drops.
 pub fn internal_traffic_policy_local(mode: Mode) {
     let mut cluster = Cluster::new(mode, &["a", "client"], &["r"]);
     let local = Svc::new("local", 10, &["a", "r"]).internal_traffic_local();
     let remote_only = Svc::new("remote-only", 11, &["r"]).internal_traffic_local();
-    cluster.apply(&[&local, &remote_only]);
+    let remote_node_port = Svc::new("remote-node-port", 12, &["r"])
+        .node_port(30084)
+        .internal_traffic_local();
+    cluster.apply(&[&local, &remote_only, &remote_node_port]);
     let pod = Origin::Pod("client");
     let (from_pod, from_node) = match mode {
         Mode::Nftables | Mode::Iptables(_) => (Expect::Dropped, Expect::Dropped),
@@ -200,8 +214,10 @@ pub fn internal_traffic_policy_local(mode: Mode) {
             local.cluster_addr(),
             cluster.reaches_masqueraded(&["a"]),
         ),
-        (pod, remote_only.cluster_addr(), from_pod),
-        (Origin::Node, remote_only.cluster_addr(), from_node),
+        (pod, remote_only.cluster_addr(), Expect::Dropped),
+        (Origin::Node, remote_only.cluster_addr(), Expect::Dropped),
+        (pod, remote_node_port.cluster_addr(), from_pod),
+        (Origin::Node, remote_node_port.cluster_addr(), from_node),
     ]);
 }
 

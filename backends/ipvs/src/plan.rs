@@ -7,7 +7,9 @@
 //! * the ClusterIP: the cluster endpoints, or the local ones with
 //!   `internalTrafficPolicy: Local`;
 //! * each externalIP, LoadBalancer IP and node-port address: the cluster endpoints, or the
-//!   local ones with `externalTrafficPolicy: Local`.
+//!   local ones with `externalTrafficPolicy: Local`;
+//! * a Local policy without local endpoints falls back to the cluster endpoints, as
+//!   upstream's IPVS mode does (unlike its iptables and nftables modes, which drop).
 //!
 //! Every real server is a NAT (`Masq`) one with weight 1.
 
@@ -16,8 +18,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kube_proxy_model::{
-    Endpoint, IpFamily, LocalDetector, Protocol, ProxyOptions, ProxyState, ServiceEntry,
-    ServicePortName,
+    CategorizedEndpoints, Endpoint, IpFamily, LocalDetector, Protocol, ProxyOptions, ProxyState,
+    ServiceEntry, ServicePortName,
 };
 use kube_proxy_nftables::ir::{BaseChain, ChainType, Family, Hook, Set, SetFlag};
 use kube_proxy_nftables::table::{ChainState, ElementValue, SetState, TableState};
@@ -115,6 +117,19 @@ fn reals(endpoints: &[Endpoint]) -> Vec<RealServer> {
     v
 }
 
+/// The endpoints of one traffic policy, as upstream's IPVS `syncEndpoint` picks them: a
+/// Local policy takes the local endpoints, or the cluster ones when this node has none
+/// (kubernetes PR 97081: local pods keep reaching an `externalTrafficPolicy: Local`
+/// service through its external addresses). The cluster endpoints are empty when no
+/// traffic of the port uses the Cluster policy, so a Local-only port stays local.
+fn policy_endpoints(local_only: bool, cat: &CategorizedEndpoints) -> &[Endpoint] {
+    if local_only && !cat.local.is_empty() {
+        &cat.local
+    } else {
+        &cat.cluster
+    }
+}
+
 fn plan_entry(
     plan: &mut Plan,
     table: &mut Companion,
@@ -126,16 +141,8 @@ fn plan_entry(
     let port = &entry.port;
     let proto = port.name.protocol;
     let cat = &entry.categorized;
-    let internal = reals(if port.internal_policy_local {
-        &cat.local
-    } else {
-        &cat.cluster
-    });
-    let external = reals(if port.external_policy_local {
-        &cat.local
-    } else {
-        &cat.cluster
-    });
+    let internal = reals(policy_endpoints(port.internal_policy_local, cat));
+    let external = reals(policy_endpoints(port.external_policy_local, cat));
     let mut add = |addr: IpAddr, vport: u16, reals: &Vec<RealServer>, bind: bool| {
         let mut vs = VirtualServer::new(addr, vport, proto, settings.scheduler.clone());
         if let Some(affinity) = port.session_affinity {

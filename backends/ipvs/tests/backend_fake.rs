@@ -266,6 +266,54 @@ fn full_sync_programs_every_frontend_with_the_policy_s_endpoints() {
     assert_eq!((h.ipvs.writes(), h.nft.apply_count()), (w, n));
 }
 
+/// Upstream's IPVS `syncEndpoint` (kubernetes PR 97081): a Local policy without local
+/// endpoints uses the cluster endpoints, where the port has any; a port whose traffic is
+/// all Local-policy has none, and its ClusterIP drops as in the other modes.
+#[test]
+fn a_local_policy_without_local_endpoints_falls_back_to_the_cluster_ones() {
+    let mut s = ProxyState {
+        node: node(),
+        ..ProxyState::default()
+    };
+    let remote = || vec![ep("10.244.2.8", 8080, false)];
+    let etp_local = ServicePort {
+        node_port: 30090,
+        external_policy_local: true,
+        ..ServicePort::new(name("etp", Protocol::Tcp), ip("10.96.0.90"), 80)
+    };
+    insert(&mut s, etp_local, remote());
+    let itp_local = ServicePort {
+        internal_policy_local: true,
+        ..ServicePort::new(name("itp", Protocol::Tcp), ip("10.96.0.91"), 80)
+    };
+    insert(&mut s, itp_local, remote());
+    let itp_local_node_port = ServicePort {
+        node_port: 30092,
+        internal_policy_local: true,
+        ..ServicePort::new(name("itp-np", Protocol::Tcp), ip("10.96.0.92"), 80)
+    };
+    insert(&mut s, itp_local_node_port, remote());
+    let mut h = harness(IpvsSettings::default());
+    h.backend.sync(&s, &Changes::full()).unwrap();
+
+    let remote_real = vec![(ip("10.244.2.8"), 8080, 1)];
+    for (addr, port) in [
+        ("192.168.0.10", 30090),
+        ("10.96.0.90", 80),
+        ("10.96.0.92", 80),
+        ("192.168.0.10", 30092),
+    ] {
+        let k = key(addr, port, Protocol::Tcp);
+        assert_eq!(reals(&h.ipvs, &k), remote_real, "{k}");
+    }
+    assert_eq!(reals(&h.ipvs, &key("10.96.0.91", 80, Protocol::Tcp)), []);
+    let table = h.nft.table(Family::Ip).unwrap();
+    let noep = &table.sets["no-endpoint-services"].elements;
+    let keys: Vec<&String> = noep.keys().collect();
+    assert_eq!(keys, ["10.96.0.91 . tcp . 80"]);
+    assert_eq!(noep["10.96.0.91 . tcp . 80"].value.as_deref(), Some("drop"));
+}
+
 #[test]
 fn partial_sync_touches_only_the_changed_service() {
     let mut h = harness(IpvsSettings::default());
