@@ -1,5 +1,8 @@
 //! Scenarios of iptables mode alone, each a function of the node's iptables [`Variant`].
 
+// Compiled into every mode's test binary; only `tests/dataplane_iptables.rs` uses it.
+#![allow(dead_code)]
+
 use super::*;
 
 /// `iptables.localhostNodePorts` (on by default): a NodePort answers on `127.0.0.1` of

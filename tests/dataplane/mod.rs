@@ -40,6 +40,8 @@ use serde_json::{json, Value};
 pub enum Mode {
     Nftables,
     /// `--proxy-mode iptables` on a node whose kubelet uses this variant of the tools.
+    /// (Only `tests/dataplane_iptables.rs` builds one.)
+    #[allow(dead_code)]
     Iptables(Variant),
     /// `--proxy-mode ipvs`: only inside the project's VM (the host kernel has no IPVS);
     /// elsewhere its tests skip, see [`Mode::runs_here`].
