@@ -75,7 +75,7 @@ pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     let mut backend = new_backend(&inv.config, options)?;
     let report = backend.sync(&state, &Changes::full())?;
     // A one-shot run serves no metrics.
-    clean_stale_flows(&state, &Metrics::default());
+    clean_stale_flows(&state, backend.as_ref(), &Metrics::default());
     tracing::info!(
         applied = report.applied,
         services = state.v4.len() + state.v6.len(),
@@ -84,13 +84,15 @@ pub fn apply(inv: &Invocation, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the UDP conntrack entries that the rules just synced would not create, as
-/// upstream does after each sync, family by family, recording upstream's reconciler
-/// metrics. The rules are right either way, so a failure is a warning.
-fn clean_stale_flows(state: &ProxyState, metrics: &Metrics) {
+/// Deletes the conntrack entries (of `backend`'s protocols: UDP, and SCTP in IPVS mode)
+/// that the rules just synced would not create, as upstream does after each sync, family
+/// by family, recording upstream's reconciler metrics. The rules are right either way, so
+/// a failure is a warning.
+fn clean_stale_flows(state: &ProxyState, backend: &dyn Backend, metrics: &Metrics) {
+    let protocols = backend.conntrack_protocols();
     for family in IpFamily::ALL {
         let started = std::time::Instant::now();
-        let result = kube_proxy_conntrack::cleanup_stale_flows(state, family);
+        let result = kube_proxy_conntrack::cleanup_stale_flows(state, family, protocols);
         let took = started.elapsed();
         metrics.conntrack_reconciled(family, took, *result.as_ref().unwrap_or(&0));
         let took_ms = took.as_millis() as u64;
@@ -352,7 +354,7 @@ impl Proxy<'_> {
         let started = std::time::Instant::now();
         let report = tokio::task::block_in_place(|| backend.sync(state, changes))
             .inspect_err(|_| self.metrics.sync_failed())?;
-        tokio::task::block_in_place(|| clean_stale_flows(state, &self.metrics));
+        tokio::task::block_in_place(|| clean_stale_flows(state, backend.as_ref(), &self.metrics));
         // Upstream logs every sync only at -v=2; one that changed the kernel is worth more.
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let changed = changes.services.len();

@@ -1,5 +1,6 @@
 //! Deletes stale UDP conntrack entries after each sync, as upstream kube-proxy's
-//! `CleanStaleEntries` (pkg/proxy/conntrack/cleanup.go) does.
+//! `CleanStaleEntries` (pkg/proxy/conntrack/cleanup.go) does, and SCTP ones for the
+//! backends that ask for them (IPVS mode).
 //!
 //! A UDP "connection" has no end the kernel could see: as long as a client keeps sending
 //! from the same socket, its conntrack entry lives on and keeps DNATing to whatever
@@ -22,7 +23,7 @@ mod wire;
 
 pub use flow::Flow;
 pub use socket::Conntrack;
-pub use stale::{cleanup_stale_flows, stale_flows, CLEANED_PROTOCOLS};
+pub use stale::{cleanup_stale_flows, stale_flows};
 
 /// Why talking to conntrack failed.
 #[derive(Debug, thiserror::Error)]

@@ -7,13 +7,9 @@ use kube_proxy_model::{IpFamily, Protocol, ProxyState, ServiceEntry};
 
 use crate::{Conntrack, Error, Flow};
 
-/// The protocols whose entries are cleaned: UDP only, as upstream. A TCP or SCTP client
-/// whose endpoint went away gets a reset or an abort and opens a new connection through
-/// the new rules; a UDP client just keeps sending into the old entry.
-pub const CLEANED_PROTOCOLS: [Protocol; 1] = [Protocol::Udp];
-
-/// The entries among `flows` that send a service frontend somewhere other than one of its
-/// serving endpoints, by upstream's rule:
+/// The entries among `flows` of the `protocols` (the backend's
+/// [`conntrack_protocols`](kube_proxy_model::Backend::conntrack_protocols)) that send a
+/// service frontend somewhere other than one of its serving endpoints, by upstream's rule:
 ///
 /// * an entry whose original destination is a service port's ClusterIP, externalIP or
 ///   LoadBalancer IP and port, or whose original destination port is its NodePort (on any
@@ -25,8 +21,8 @@ pub const CLEANED_PROTOCOLS: [Protocol; 1] = [Protocol::Udp];
 ///   existing flow to a serving endpoint is kept, as it would be for TCP), and a service
 ///   port without serving endpoints loses all its entries (upstream since kubernetes#139629:
 ///   its reject rule never sees packets of an entry that already exists).
-pub fn stale_flows(state: &ProxyState, flows: &[Flow]) -> Vec<Flow> {
-    let frontends = Frontends::new(state);
+pub fn stale_flows(state: &ProxyState, flows: &[Flow], protocols: &[Protocol]) -> Vec<Flow> {
+    let frontends = Frontends::new(state, protocols);
     flows
         .iter()
         .filter(|flow| frontends.is_stale(flow))
@@ -34,16 +30,20 @@ pub fn stale_flows(state: &ProxyState, flows: &[Flow]) -> Vec<Flow> {
         .collect()
 }
 
-/// Dumps the `family` entries of the [cleaned protocols](CLEANED_PROTOCOLS) in the current
-/// network namespace and deletes the [stale](stale_flows) ones. Returns how many were
-/// deleted; entries that went away on their own in the meantime are not counted. One
-/// family per call, as upstream's per-family reconciler, whose metrics are per family.
-pub fn cleanup_stale_flows(state: &ProxyState, family: IpFamily) -> Result<usize, Error> {
+/// Dumps the `family` entries of the `protocols` in the current network namespace and
+/// deletes the [stale](stale_flows) ones. Returns how many were deleted; entries that went
+/// away on their own in the meantime are not counted. One family per call, as upstream's
+/// per-family reconciler, whose metrics are per family.
+pub fn cleanup_stale_flows(
+    state: &ProxyState,
+    family: IpFamily,
+    protocols: &[Protocol],
+) -> Result<usize, Error> {
     let mut conntrack = Conntrack::new()?;
     let mut deleted = 0;
-    for proto in CLEANED_PROTOCOLS {
+    for &proto in protocols {
         let flows = conntrack.dump(family, proto)?;
-        for flow in stale_flows(state, &flows) {
+        for flow in stale_flows(state, &flows, protocols) {
             deleted += usize::from(conntrack.delete(&flow)?);
         }
     }
@@ -59,7 +59,7 @@ struct Frontends<'a> {
 }
 
 impl<'a> Frontends<'a> {
-    fn new(state: &'a ProxyState) -> Self {
+    fn new(state: &'a ProxyState, protocols: &[Protocol]) -> Self {
         let mut frontends = Frontends {
             by_address: HashMap::new(),
             by_node_port: HashMap::new(),
@@ -67,7 +67,7 @@ impl<'a> Frontends<'a> {
         let entries = IpFamily::ALL
             .iter()
             .flat_map(|&family| state.services(family).values());
-        for entry in entries.filter(|e| CLEANED_PROTOCOLS.contains(&e.port.name.protocol)) {
+        for entry in entries.filter(|e| protocols.contains(&e.port.name.protocol)) {
             frontends.insert(entry);
         }
         frontends
@@ -117,6 +117,9 @@ mod tests {
     use kube_proxy_model::{Endpoint, NodeInfo, ServicePort, ServicePortName};
 
     use super::*;
+
+    /// What every backend but IPVS cleans.
+    const UDP: &[Protocol] = &[Protocol::Udp];
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -185,6 +188,13 @@ mod tests {
             vec![ready("10.244.1.2:8080")],
         );
         let idle = service("idle", Protocol::Udp, "10.96.0.30:53", 0, Vec::new());
+        let diameter = service(
+            "diameter",
+            Protocol::Sctp,
+            "10.96.0.40:3868",
+            0,
+            vec![ready("10.244.1.2:3868")],
+        );
         let dns6 = service(
             "dns",
             Protocol::Udp,
@@ -200,7 +210,7 @@ mod tests {
         };
         ProxyState {
             node: NodeInfo::default(),
-            v4: map(vec![dns, web, idle]),
+            v4: map(vec![dns, web, idle, diameter]),
             v6: map(vec![dns6]),
         }
     }
@@ -253,9 +263,21 @@ mod tests {
         ];
         let state = state();
         for (what, flow, stale) in cases {
-            let found = stale_flows(&state, &[flow]);
+            let found = stale_flows(&state, &[flow], UDP);
             assert_eq!(found.len(), usize::from(stale), "{what}: {flow:?}");
         }
+    }
+
+    /// SCTP entries are judged only for a backend that asks (IPVS mode), by the same rule.
+    #[test]
+    fn sctp_entries_only_when_asked() {
+        let removed = flow(Protocol::Sctp, "10.96.0.40:3868", "10.244.7.7:3868");
+        let serving = flow(Protocol::Sctp, "10.96.0.40:3868", "10.244.1.2:3868");
+        let udp_removed = flow(Protocol::Udp, "10.96.0.10:53", "10.244.7.7:5353");
+        let flows = [removed, serving, udp_removed];
+        assert_eq!(stale_flows(&state(), &flows, UDP), [udp_removed]);
+        let both = [Protocol::Udp, Protocol::Sctp];
+        assert_eq!(stale_flows(&state(), &flows, &both), [removed, udp_removed]);
     }
 
     #[test]
@@ -265,7 +287,7 @@ mod tests {
             flow(Protocol::Udp, "10.96.0.10:53", "10.244.1.2:5353"),
             flow(Protocol::Udp, "192.0.2.10:30053", "10.244.8.8:5353"),
         ];
-        assert_eq!(stale_flows(&state(), &flows), [flows[0], flows[2]]);
-        assert_eq!(stale_flows(&ProxyState::default(), &flows), []);
+        assert_eq!(stale_flows(&state(), &flows, UDP), [flows[0], flows[2]]);
+        assert_eq!(stale_flows(&ProxyState::default(), &flows, UDP), []);
     }
 }

@@ -214,7 +214,7 @@ fn cleanup_deletes_only_stale_entries() {
         assert_eq!(flows_of(&mut ct, IpFamily::V4, &all).len(), 4);
 
         assert_eq!(
-            cleanup_stale_flows(&state, IpFamily::V4).expect("cleanup"),
+            cleanup_stale_flows(&state, IpFamily::V4, &[Protocol::Udp]).expect("cleanup"),
             2
         );
         let mut left = [
@@ -224,9 +224,69 @@ fn cleanup_deletes_only_stale_entries() {
         left.sort_by_key(|f| f.orig_sport);
         assert_eq!(flows_of(&mut ct, IpFamily::V4, &all), left);
         assert_eq!(
-            cleanup_stale_flows(&state, IpFamily::V4).expect("cleanup"),
+            cleanup_stale_flows(&state, IpFamily::V4, &[Protocol::Udp]).expect("cleanup"),
             0,
             "nothing left"
         );
+    });
+}
+
+/// An SCTP entry from `10.244.9.9:sport` to `10.96.0.40:3868`, DNATed to `target`, made
+/// with the `conntrack` tool (no SCTP sockets needed).
+fn insert_sctp_entry(sport: u16, target: &str) {
+    let target = addr(target);
+    run(
+        &format!(
+            "conntrack -I -p sctp -s 10.244.9.9 -d 10.96.0.40 --sport {sport} --dport 3868 \
+             --reply-src {} --reply-dst 10.244.9.9 --reply-port-src {} --reply-port-dst {sport} \
+             --state ESTABLISHED --orig-vtag 1 --reply-vtag 2 -t 300",
+            target.ip(),
+            target.port()
+        ),
+        "",
+    );
+}
+
+/// SCTP entries are left to a backend that cleans UDP only, and judged by the same rule
+/// for one that asks for SCTP too (IPVS mode).
+#[test]
+fn sctp_entries_are_cleaned_only_when_asked() {
+    in_private_netns(|| {
+        insert_sctp_entry(40000, "10.244.7.7:3868");
+        insert_sctp_entry(40001, "10.244.1.2:3868");
+        let name = ServicePortName {
+            namespace: "default".into(),
+            name: "diameter".into(),
+            port: String::new(),
+            protocol: Protocol::Sctp,
+        };
+        let port = ServicePort::new(name.clone(), "10.96.0.40".parse().expect("ip"), 3868);
+        let endpoints = vec![Endpoint::ready(
+            "10.244.1.2".parse().expect("ip"),
+            3868,
+            true,
+        )];
+        let entry = ServiceEntry::new(port, endpoints, &NodeInfo::default());
+        let state = ProxyState {
+            v4: [(name, Arc::new(entry))].into_iter().collect(),
+            ..ProxyState::default()
+        };
+        let mut ct = Conntrack::new().expect("ctnetlink socket");
+        let sctp_sports = |ct: &mut Conntrack| -> Vec<u16> {
+            let flows = ct.dump(IpFamily::V4, Protocol::Sctp).expect("dump");
+            let mut ports: Vec<u16> = flows.iter().map(|f| f.orig_sport).collect();
+            ports.sort();
+            ports
+        };
+        assert_eq!(sctp_sports(&mut ct), [40000, 40001]);
+
+        let udp_only = cleanup_stale_flows(&state, IpFamily::V4, &[Protocol::Udp]);
+        assert_eq!(udp_only.expect("cleanup"), 0);
+        assert_eq!(sctp_sports(&mut ct), [40000, 40001]);
+
+        let both = [Protocol::Udp, Protocol::Sctp];
+        let deleted = cleanup_stale_flows(&state, IpFamily::V4, &both).expect("cleanup");
+        assert_eq!(deleted, 1);
+        assert_eq!(sctp_sports(&mut ct), [40001]);
     });
 }

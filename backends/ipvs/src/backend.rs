@@ -555,6 +555,13 @@ impl Backend for IpvsBackend {
         self.draining.clear();
         Ok(())
     }
+
+    /// SCTP too: a removed SCTP real server is deleted at once, as a UDP one, and IPVS
+    /// never rewrites the reply tuple of a conntrack entry that already exists, so an
+    /// association it schedules anew would keep the entry of the deleted server.
+    fn conntrack_protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Udp, Protocol::Sctp]
+    }
 }
 
 /// The plan as `ipvsadm -Ln` lists it, then `kube-ipvs0`'s addresses, then the companion

@@ -367,9 +367,15 @@ fn partial_sync_touches_only_the_changed_service() {
 }
 
 #[test]
-fn tcp_real_servers_drain_and_udp_ones_go_at_once() {
+fn tcp_real_servers_drain_and_udp_and_sctp_ones_go_at_once() {
     let mut h = harness(IpvsSettings::default());
     let mut state = scenario();
+    let sctp = ServicePort::new(name("sig", Protocol::Sctp), ip("10.96.0.38"), 3868);
+    insert(
+        &mut state,
+        sctp.clone(),
+        vec![ep("10.244.1.8", 3868, true), ep("10.244.2.8", 3868, false)],
+    );
     h.backend.sync(&state, &Changes::full()).unwrap();
     let web = key("10.96.0.10", 80, Protocol::Tcp);
     let busy = RealServerStats {
@@ -384,6 +390,9 @@ fn tcp_real_servers_drain_and_udp_ones_go_at_once() {
         53,
         busy
     ));
+    let sig = key("10.96.0.38", 3868, Protocol::Sctp);
+    assert!(h.ipvs.set_stats(&sig, ip("10.244.2.8"), 3868, busy));
+    insert(&mut state, sctp, vec![ep("10.244.1.8", 3868, true)]);
     let only_local = |svc: &str, proto, cip: &str, port, epip: &str, epport| {
         (
             ServicePort::new(name(svc, proto), ip(cip), port),
@@ -397,7 +406,11 @@ fn tcp_real_servers_drain_and_udp_ones_go_at_once() {
         timeout_seconds: 600,
     });
     insert(&mut state, p, e);
-    let names = [name("web", Protocol::Tcp), name("dns", Protocol::Udp)];
+    let names = [
+        name("web", Protocol::Tcp),
+        name("dns", Protocol::Udp),
+        name("sig", Protocol::Sctp),
+    ];
     h.backend.sync(&state, &changed(&names)).unwrap();
     assert_eq!(
         reals(&h.ipvs, &web),
@@ -409,7 +422,17 @@ fn tcp_real_servers_drain_and_udp_ones_go_at_once() {
         vec![(ip("10.244.1.6"), 53, 1)],
         "UDP is deleted at once"
     );
+    assert_eq!(
+        reals(&h.ipvs, &sig),
+        vec![(ip("10.244.1.8"), 3868, 1)],
+        "SCTP is deleted at once"
+    );
     assert_eq!(h.backend.draining(), 1);
+    // Their stale conntrack entries go with them, by the caller's conntrack clean-up.
+    assert_eq!(
+        h.backend.conntrack_protocols(),
+        [Protocol::Udp, Protocol::Sctp]
+    );
 
     // Still busy: kept. Connections gone: deleted by the next sync, even one without changes.
     h.backend.sync(&state, &Changes::default()).unwrap();

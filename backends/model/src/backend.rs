@@ -1,6 +1,7 @@
 //! The interface every dataplane backend implements.
 
 use crate::changes::Changes;
+use crate::service::Protocol;
 use crate::state::ProxyState;
 
 /// A backend failed to program the kernel. The kernel keeps its last good state and the
@@ -46,4 +47,11 @@ pub trait Backend: Send {
 
     /// Removes everything this backend ever programmed.
     fn cleanup(&mut self) -> Result<(), BackendError>;
+
+    /// The protocols whose stale conntrack entries the caller deletes after each sync:
+    /// UDP, as upstream, because a UDP client never learns that its endpoint is gone and
+    /// keeps sending into the old entry; TCP and SCTP clients get a reset or an abort.
+    fn conntrack_protocols(&self) -> &'static [Protocol] {
+        &[Protocol::Udp]
+    }
 }
