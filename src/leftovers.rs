@@ -2,10 +2,13 @@
 //!
 //! Every mode starts by removing the state of the modes it replaces, because their rules
 //! would keep sending Service traffic to stale endpoints: nftables mode removes iptables
-//! and IPVS mode's, the iptables-based modes remove nftables mode's. A failure there is
-//! logged and the proxy starts anyway (a missing `iptables`, say, means there is nothing
-//! of iptables mode to remove). `--cleanup` removes every mode's state and fails if any
-//! part failed.
+//! and IPVS mode's, iptables mode removes nftables mode's, as upstream. IPVS mode, which
+//! upstream builds on iptables, programs nftables here: it removes nftables mode's table
+//! and every iptables chain and ipset of upstream's iptables and IPVS modes (left active,
+//! iptables mode's DNAT rules would take Service traffic before IPVS sees it). A failure
+//! there is logged and the proxy starts anyway (a missing `iptables`, say, means there is
+//! nothing of iptables mode to remove). `--cleanup` removes every mode's state and fails
+//! if any part failed.
 
 use anyhow::{bail, Result};
 use kube_proxy_model::{Backend, ProxyOptions};
@@ -16,8 +19,8 @@ use crate::config::ProxyMode;
 /// The kernel state of one proxy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leftovers {
-    /// iptables mode's `KUBE-*` chains and the jumps to them, in both families and both
-    /// iptables variants.
+    /// The `KUBE-*` chains of upstream's iptables and IPVS modes and the jumps to them, in
+    /// both families and both iptables variants, and upstream IPVS mode's ipsets.
     Iptables,
     /// IPVS mode's virtual services, its `kube-ipvs0` dummy link and its nft tables.
     Ipvs,
@@ -32,7 +35,8 @@ impl Leftovers {
     fn replaced_by(mode: ProxyMode) -> &'static [Leftovers] {
         match mode {
             ProxyMode::NfTables => &[Leftovers::Iptables, Leftovers::Ipvs],
-            ProxyMode::IpTables | ProxyMode::Ipvs => &[Leftovers::Nftables],
+            ProxyMode::IpTables => &[Leftovers::Nftables],
+            ProxyMode::Ipvs => &[Leftovers::Nftables, Leftovers::Iptables],
         }
     }
 
@@ -94,6 +98,9 @@ mod tests {
             [Iptables, Ipvs]
         );
         assert_eq!(Leftovers::replaced_by(ProxyMode::IpTables), [Nftables]);
-        assert_eq!(Leftovers::replaced_by(ProxyMode::Ipvs), [Nftables]);
+        assert_eq!(
+            Leftovers::replaced_by(ProxyMode::Ipvs),
+            [Nftables, Iptables]
+        );
     }
 }

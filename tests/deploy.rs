@@ -472,7 +472,7 @@ fn dockerfile_installs_the_binary_where_the_daemonset_runs_it() {
         .lines()
         .find(|l| l.contains("apt-get install"))
         .unwrap();
-    for package in ["nftables", "iptables"] {
+    for package in ["nftables", "iptables", "ipset"] {
         assert!(install.contains(package), "{package} not installed");
     }
 }

@@ -331,11 +331,18 @@ fn a_failing_sync_turns_health_503_until_it_recovers() {
 /// A chain of neither kube-proxy mode, which no cleanup may touch.
 const FOREIGN_CHAIN: &str = "CNI-FOREIGN";
 
-/// What iptables mode leaves behind, and a foreign chain beside it, in this namespace's
-/// `nat` table.
+/// A set of no kube-proxy mode, which no cleanup may touch.
+const FOREIGN_SET: &str = "CNI-FOREIGN-SET";
+
+/// What upstream's iptables and IPVS modes leave behind in this namespace: iptables mode's
+/// `nat` chains, IPVS mode's `filter` chain matching its ipsets (one of each family), and a
+/// foreign chain and set beside them.
 fn leave_iptables_mode_rules() {
     let iptables = |args: &str| {
         run(std::process::Command::new("iptables").args(args.split(' ')));
+    };
+    let ipset = |args: &str| {
+        run(std::process::Command::new("ipset").args(args.split(' ')));
     };
     iptables("-t nat -N KUBE-SERVICES");
     iptables("-t nat -N KUBE-SVC-ABCDEFGHIJKLMNOP");
@@ -343,17 +350,30 @@ fn leave_iptables_mode_rules() {
     iptables("-t nat -A PREROUTING -j KUBE-SERVICES");
     iptables(&format!("-t nat -N {FOREIGN_CHAIN}"));
     iptables(&format!("-t nat -A PREROUTING -j {FOREIGN_CHAIN}"));
+    ipset("create KUBE-CLUSTER-IP hash:ip,port");
+    ipset("create KUBE-6-CLUSTER-IP hash:ip,port family inet6");
+    ipset(&format!("create {FOREIGN_SET} hash:ip"));
+    iptables("-N KUBE-IPVS-FILTER");
+    iptables("-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN");
+    iptables("-A INPUT -j KUBE-IPVS-FILTER");
 }
 
-/// `Ok` once the `nat` table holds no `KUBE-` chain or jump and the foreign chain with its
-/// jump is still there; otherwise what the table holds.
+/// `Ok` once the `nat` and `filter` tables hold no `KUBE-` chain or jump and no upstream
+/// ipset is left, while the foreign chain with its jump and the foreign set are still
+/// there; otherwise what is left.
 fn iptables_mode_rules_gone() -> Result<(), String> {
-    let save = run(std::process::Command::new("iptables-save").args(["-t", "nat"]));
+    let save = run(&mut std::process::Command::new("iptables-save"));
     assert!(
         save.contains(&format!("-A PREROUTING -j {FOREIGN_CHAIN}")),
         "a foreign rule was removed:\n{save}"
     );
-    (!save.contains("KUBE-")).then_some(()).ok_or(save)
+    let sets = run(std::process::Command::new("ipset").args(["list", "-n"]));
+    assert!(
+        sets.contains(FOREIGN_SET),
+        "a foreign set was removed: {sets}"
+    );
+    let left = format!("{save}\n{sets}");
+    (!left.contains("KUBE-")).then_some(()).ok_or(left)
 }
 
 /// nftables mode starts by removing iptables mode's chains, as upstream's does, and
@@ -391,6 +411,29 @@ fn iptables_mode_removes_nftables_leftovers_at_start() {
                 "a foreign table went: {tables}"
             );
             (!tables.contains("kube-proxy")).then_some(()).ok_or(tables)
+        });
+    });
+}
+
+/// IPVS mode, which programs nftables here, starts by removing what upstream's iptables
+/// and IPVS modes left in iptables and ipset: iptables mode's DNAT chains would take
+/// Service traffic before IPVS sees it, IPVS mode's filter chains reject by stale sets.
+/// Needs a kernel with IPVS (the project's VM: `.ci/vm/README.md`), and skips elsewhere,
+/// saying so.
+#[test]
+fn ipvs_mode_removes_iptables_leftovers_at_start() {
+    in_private_netns(|server| {
+        if kube_proxy_ipvs::Ipvs::new().is_err() {
+            eprintln!("ipvs_mode_removes_iptables_leftovers_at_start: skipped: no IPVS here");
+            return;
+        }
+        create_node(server);
+        create_backed(server, "web", "10.96.0.10", &["10.244.1.5"]);
+        leave_iptables_mode_rules();
+        assert!(iptables_mode_rules_gone().is_err());
+        let mut daemon = Daemon::start_with(server, &["--proxy-mode=ipvs"]);
+        daemon.wait_until("upstream's iptables chains and ipsets to go", || {
+            iptables_mode_rules_gone()
         });
     });
 }

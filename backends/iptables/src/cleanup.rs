@@ -1,11 +1,14 @@
 //! Removing everything iptables mode ever created: upstream's `CleanupLeftovers`, extended
 //! to every chain and jump of ours (upstream leaves KUBE-MARK-MASQ, KUBE-PROXY-FIREWALL,
-//! KUBE-FIREWALL and the canaries behind). Also called by nftables mode at start.
+//! KUBE-FIREWALL and the canaries behind), and what upstream's IPVS mode adds in iptables:
+//! its own chains and ipsets (kube-proxy-rs's IPVS mode programs nftables instead). Also
+//! called by nftables and IPVS modes at start.
 
 use kube_proxy_model::{BackendError, IpFamily};
 
 use crate::exec::{ExecError, IptablesCommand, IptablesExecutor, Variant};
-use crate::names::is_ours;
+use crate::ipset::destroy_upstream_ipvs_sets;
+use crate::names::is_leftover;
 use crate::restore::{parse_save, target, RestoreInput, Table};
 
 /// The restore input that removes our chains from the tables in `save_output`: rules of
@@ -24,7 +27,7 @@ pub fn cleanup_input(save_output: &str) -> Result<RestoreInput, ExecError> {
         let ours: Vec<String> = table
             .chains
             .iter()
-            .filter(|c| is_ours(c))
+            .filter(|c| is_leftover(c))
             .cloned()
             .collect();
         if ours.is_empty() {
@@ -32,7 +35,7 @@ pub fn cleanup_input(save_output: &str) -> Result<RestoreInput, ExecError> {
         }
         let t = input.table(name);
         for (chain, args) in &table.rules {
-            if !is_ours(chain) && target(args).is_some_and(is_ours) {
+            if !is_leftover(chain) && target(args).is_some_and(is_leftover) {
                 t.unlinked.push((chain.clone(), args.clone()));
             }
         }
@@ -60,8 +63,9 @@ pub fn cleanup_with(
     Ok(found)
 }
 
-/// Removes everything iptables mode created, in both families, with each variant whose
-/// tools are installed. nftables mode calls this at start, as upstream does.
+/// Removes everything upstream's iptables and IPVS modes create in iptables, in both
+/// families, with each variant whose tools are installed, then upstream IPVS mode's ipsets.
+/// nftables and IPVS modes call this at start.
 pub fn cleanup_leftovers() -> Result<(), BackendError> {
     let mut errors = Vec::new();
     for variant in Variant::ALL {
@@ -80,6 +84,12 @@ pub fn cleanup_leftovers() -> Result<(), BackendError> {
                 Err(e) => errors.push(format!("{} {family}: {e}", variant.as_str())),
             }
         }
+    }
+    // Last: the kernel keeps a set that a rule still matches on.
+    match destroy_upstream_ipvs_sets() {
+        Ok(true) => tracing::info!("removed upstream IPVS mode's ipsets"),
+        Ok(false) => {}
+        Err(e) => errors.push(e.to_string()),
     }
     if errors.is_empty() {
         Ok(())
@@ -109,5 +119,19 @@ mod tests {
              -X KUBE-SERVICES\n-X KUBE-SVC-X\nCOMMIT\n"
         );
         assert!(cleanup_input("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn removes_upstream_ipvs_mode_chains_and_keeps_kubelet_s() {
+        let save = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-IPVS-FILTER - [0:0]\n\
+            :KUBE-KUBELET-CANARY - [0:0]\n\
+            -A INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER\n\
+            -A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN\nCOMMIT\n";
+        assert_eq!(
+            cleanup_input(save).unwrap().render(),
+            "*filter\n:KUBE-IPVS-FILTER - [0:0]\n\
+             -D INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER\n\
+             -X KUBE-IPVS-FILTER\nCOMMIT\n"
+        );
     }
 }

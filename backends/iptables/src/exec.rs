@@ -160,7 +160,8 @@ pub(crate) fn run(binary: &str, args: &[&str], stdin: Option<&str>) -> Result<Ou
     child.wait_with_output().map_err(io)
 }
 
-fn refused(tool: String, out: &Output) -> ExecError {
+/// The error of a tool that ran and failed, with its stderr.
+pub(crate) fn refused(tool: String, out: &Output) -> ExecError {
     ExecError::Refused {
         tool,
         message: String::from_utf8_lossy(&out.stderr).trim().to_string(),

@@ -36,6 +36,7 @@ pub mod cleanup;
 pub mod detect;
 pub mod exec;
 pub mod fake;
+pub mod ipset;
 pub mod names;
 pub mod restore;
 pub mod rules;

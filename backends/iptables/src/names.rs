@@ -81,6 +81,22 @@ pub fn is_ours(name: &str) -> bool {
     FIXED_CHAINS.contains(&name) || is_service_chain(name)
 }
 
+/// The chains only upstream's IPVS mode creates (it shares the others with iptables mode).
+/// kube-proxy-rs's IPVS mode programs nftables instead, so these are leftovers for every
+/// mode of ours.
+pub const UPSTREAM_IPVS_MODE_CHAINS: [&str; 5] = [
+    "KUBE-NODE-PORT",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-SOURCE-RANGES-FIREWALL",
+    "KUBE-IPVS-FILTER",
+    "KUBE-IPVS-OUT-FILTER",
+];
+
+/// True for every chain upstream's iptables or IPVS mode creates: what a clean-up removes.
+pub fn is_leftover(name: &str) -> bool {
+    is_ours(name) || UPSTREAM_IPVS_MODE_CHAINS.contains(&name)
+}
+
 /// The first 16 characters of the base32 of `SHA-256(s)`: short enough for iptables'
 /// 28-character chain names with a 9-character prefix.
 fn hash16(s: &str) -> String {
