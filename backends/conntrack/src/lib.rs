@@ -42,3 +42,6 @@ pub enum Error {
     #[error("malformed ctnetlink message: {0}")]
     Malformed(String),
 }
+
+// What goes wrong on the shared netlink socket is reported as this crate's errors.
+kube_proxy_netlink::impl_client_error!(Error);

@@ -7,9 +7,10 @@
 use std::net::IpAddr;
 
 use kube_proxy_model::{IpFamily, Protocol};
+use kube_proxy_netlink::Attr;
 use netlink_packet_core::{
     parse_u16_be, parse_u8, DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable, Nla, NlasIterator,
+    NetlinkSerializable, NlasIterator,
 };
 
 use crate::Flow;
@@ -76,18 +77,6 @@ impl Request {
     }
 }
 
-/// The netlink message that sends `request` with `flags` and sequence number `seq`.
-pub(crate) fn encode(request: Request, flags: u16, seq: u32) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = flags;
-    header.sequence_number = seq;
-    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-    message.finalize();
-    let mut bytes = vec![0; message.buffer_len()];
-    message.serialize(&mut bytes);
-    bytes
-}
-
 impl NetlinkSerializable for Request {
     fn message_type(&self) -> u16 {
         message_type(self.msg)
@@ -135,40 +124,6 @@ fn protocol(num: u8) -> Option<Protocol> {
         libc::IPPROTO_UDP => Some(Protocol::Udp),
         libc::IPPROTO_SCTP => Some(Protocol::Sctp),
         _ => None,
-    }
-}
-
-/// A netlink attribute to send: raw bytes, or a nest of attributes (sent with
-/// `NLA_F_NESTED`, which the kernel's strict validation expects on nests).
-#[derive(Debug)]
-enum Attr {
-    Leaf(u16, Vec<u8>),
-    Nest(u16, Vec<Attr>),
-}
-
-impl Nla for Attr {
-    fn value_len(&self) -> usize {
-        match self {
-            Attr::Leaf(_, value) => value.len(),
-            Attr::Nest(_, attrs) => attrs.as_slice().buffer_len(),
-        }
-    }
-
-    fn kind(&self) -> u16 {
-        match self {
-            Attr::Leaf(kind, _) | Attr::Nest(kind, _) => *kind,
-        }
-    }
-
-    fn emit_value(&self, buffer: &mut [u8]) {
-        match self {
-            Attr::Leaf(_, value) => buffer.copy_from_slice(value),
-            Attr::Nest(_, attrs) => attrs.as_slice().emit(buffer),
-        }
-    }
-
-    fn is_nested(&self) -> bool {
-        matches!(self, Attr::Nest(..))
     }
 }
 
@@ -322,7 +277,10 @@ fn ipv6(value: &[u8]) -> Result<IpAddr, DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+    use kube_proxy_netlink::encode;
+    use netlink_packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    };
 
     use super::*;
     use crate::captured;

@@ -1,8 +1,7 @@
 //! How restore input reaches the kernel: the [`IptablesExecutor`] trait, the two iptables
 //! variants, and [`IptablesCommand`], which runs the real binaries.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use kube_proxy_model::IpFamily;
 
@@ -138,26 +137,10 @@ impl IptablesCommand {
 
 /// Runs `binary args`, feeding `stdin`.
 pub(crate) fn run(binary: &str, args: &[&str], stdin: Option<&str>) -> Result<Output, ExecError> {
-    let io = |source| ExecError::Io {
+    kube_proxy_nftables::exec::run_tool(binary, args, stdin).map_err(|source| ExecError::Io {
         tool: binary.to_string(),
         source,
-    };
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A failed write means the tool exited early; its stderr tells why.
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    child.wait_with_output().map_err(io)
+    })
 }
 
 /// The error of a tool that ran and failed, with its stderr.

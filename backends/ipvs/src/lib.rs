@@ -92,3 +92,6 @@ impl Error {
         }
     }
 }
+
+// What goes wrong on the shared netlink socket is reported as this crate's errors.
+kube_proxy_netlink::impl_client_error!(Error);

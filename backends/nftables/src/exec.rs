@@ -1,9 +1,10 @@
 //! How transactions reach the kernel: the [`NftExecutor`] trait and its implementation
 //! over the `nft` binary.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use crate::ir::Family;
 use crate::parse::{parse_table, ParseError};
@@ -87,29 +88,38 @@ impl NftCommand {
         refused_unless_success(&out)
     }
 
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, ExecError> {
-        let what = format!("{} {}", self.binary.display(), args.join(" "));
-        let io = |source| ExecError::Io {
-            what: what.clone(),
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Result<Output, ExecError> {
+        run_tool(&self.binary, args, stdin).map_err(|source| ExecError::Io {
+            what: format!("{} {}", self.binary.display(), args.join(" ")),
             source,
-        };
-        let mut child = Command::new(&self.binary)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(io)?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A failed write means nft exited early; its stderr tells why.
-            let _ = pipe.write_all(input.as_bytes());
-        }
-        child.wait_with_output().map_err(io)
+        })
     }
+}
+
+/// Runs `binary args`, feeding it `stdin` (or nothing: `/dev/null`), and captures its exit
+/// status, stdout and stderr. Public because the iptables backend runs its tools the same
+/// way; each caller wraps the error (the tool could not be started or waited for) in its
+/// own error type.
+pub fn run_tool(
+    binary: impl AsRef<OsStr>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::io::Result<Output> {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A failed write means the tool exited early; its stderr tells why.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    child.wait_with_output()
 }
 
 impl NftExecutor for NftCommand {

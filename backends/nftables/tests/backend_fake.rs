@@ -347,22 +347,7 @@ fn an_incompatible_table_is_rebuilt_in_one_transaction() {
 fn ports_sharing_a_cluster_ip_keep_it_until_the_last_goes() {
     let fake = FakeNft::new();
     let mut b = backend(&fake);
-    let dns = port(
-        "kube-system",
-        "dns",
-        "dns",
-        Protocol::Udp,
-        "172.30.0.53",
-        53,
-    );
-    let dns_tcp = port(
-        "kube-system",
-        "dns",
-        "dns-tcp",
-        Protocol::Tcp,
-        "172.30.0.53",
-        53,
-    );
+    let (dns, dns_tcp) = (dns(), dns_tcp());
     let mut st = state(
         node(),
         vec![

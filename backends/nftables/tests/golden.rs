@@ -11,8 +11,8 @@ use common::*;
 use kube_proxy_model::Backend;
 use kube_proxy_nftables::{FakeNft, NftablesBackend};
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+fn golden() -> GoldenFiles {
+    GoldenFiles::new(env!("CARGO_MANIFEST_DIR"), "nft")
 }
 
 fn rendered() -> Vec<(PathBuf, String)> {
@@ -22,48 +22,19 @@ fn rendered() -> Vec<(PathBuf, String)> {
             let backend = NftablesBackend::with_executor(s.options, FakeNft::new())
                 .with_address_source(addresses());
             let script = backend.render(&s.state).unwrap();
-            (golden_dir().join(format!("{}.nft", s.name)), script)
+            (golden().path(s.name), script)
         })
         .collect()
 }
 
 #[test]
 fn scripts_match_golden_files() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut mismatched = Vec::new();
-    for (path, script) in rendered() {
-        if update {
-            std::fs::write(&path, &script).unwrap();
-            continue;
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (run with UPDATE_GOLDEN=1 to create it)",
-                path.display()
-            )
-        });
-        if want != script {
-            mismatched.push(format!("{}:\n{script}", path.display()));
-        }
-    }
-    assert!(
-        mismatched.is_empty(),
-        "rendered scripts differ from golden files (UPDATE_GOLDEN=1 regenerates):\n{}",
-        mismatched.join("\n")
-    );
+    golden().assert_match(rendered(), "scripts");
 }
 
 #[test]
 fn every_golden_file_has_a_scenario() {
-    let known: Vec<PathBuf> = rendered().into_iter().map(|(p, _)| p).collect();
-    for entry in std::fs::read_dir(golden_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        assert!(
-            known.contains(&path),
-            "stale golden file {}",
-            path.display()
-        );
-    }
+    golden().assert_none_stale(rendered().into_iter().map(|(p, _)| p));
 }
 
 #[test]

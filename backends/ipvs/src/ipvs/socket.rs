@@ -1,11 +1,12 @@
 //! The kernel's IPVS, over a generic netlink socket.
 
+use kube_proxy_netlink::{Attr, Connection};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::protocols::NETLINK_GENERIC;
 
 use super::wire::{self, Answer, Request};
 use super::{Destination, IpvsClient, RealServer, ServiceKey, Timeouts, VirtualServer};
-use crate::netlink::{required, Attr, Connection};
+use crate::netlink::required;
 use crate::Error;
 
 const ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
@@ -54,7 +55,7 @@ impl Ipvs {
         let mut items = Vec::new();
         self.conn.request(name, request, DUMP, |a: Answer| {
             items.extend(parse(&a)?);
-            Ok(())
+            Ok::<(), Error>(())
         })?;
         Ok(items)
     }
@@ -66,7 +67,7 @@ fn family_id(conn: &mut Connection) -> Result<u16, Error> {
     let lookup = Request::family_id(wire::IPVS_GENL_NAME);
     conn.request("generic netlink family lookup", lookup, ACK, |a: Answer| {
         family = Some(a.family_id()?);
-        Ok(())
+        Ok::<(), Error>(())
     })?;
     required(family, "the IPVS family id")
 }
@@ -132,7 +133,7 @@ impl IpvsClient for Ipvs {
         self.conn
             .request("IPVS get config", request, ACK, |a: Answer| {
                 timeouts = Some(a.timeouts()?);
-                Ok(())
+                Ok::<(), Error>(())
             })?;
         required(timeouts, "IPVS config answer")
     }
@@ -140,5 +141,70 @@ impl IpvsClient for Ipvs {
     fn set_config(&mut self, timeouts: &Timeouts) -> Result<(), Error> {
         let attrs = wire::timeouts(timeouts)?;
         self.command("IPVS set config", wire::IPVS_CMD_SET_CONFIG, attrs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! How IPVS answers go through the shared request loop (tested on its own in
+    //! kube-proxy-netlink): captured answers, and the kernel's errors as this crate's.
+
+    use kube_proxy_netlink::datagram_ends;
+
+    use super::*;
+    use crate::kernel_answers::{self as answers, bytes};
+
+    /// Whether `datagram` ends the answer to request 7, or the error it ends it with.
+    fn ends(datagram: &[u8]) -> Result<bool, Error> {
+        datagram_ends(datagram, 7, "IPVS request", &mut |_: Answer| Ok(()))
+    }
+
+    /// The captured `NLMSG_DONE`, ending the answer with error `code` instead.
+    fn done_with(code: i32) -> Vec<u8> {
+        let mut done = bytes(answers::DONE);
+        done[16..20].copy_from_slice(&code.to_le_bytes());
+        done
+    }
+
+    #[test]
+    fn captured_answers_are_read_until_nlmsg_done() {
+        let (v4, v6, done) = (
+            bytes(answers::SERVICE_V4),
+            bytes(answers::SERVICE_V6),
+            bytes(answers::DONE),
+        );
+        let mut services = Vec::new();
+        let mut collect = |a: Answer| a.service().map(|s| services.extend(s));
+        assert!(!datagram_ends(&[v4.clone(), v6].concat(), 7, "dump", &mut collect).unwrap());
+        assert!(datagram_ends(&[v4, done].concat(), 7, "dump", &mut collect).unwrap());
+        assert_eq!(services.len(), 3, "{services:?}");
+    }
+
+    #[test]
+    fn kernel_errors_are_this_crates_own() {
+        assert!(ends(&[bytes(answers::CONFIG), done_with(0)].concat()).unwrap());
+        let error = ends(&done_with(-libc::EEXIST)).unwrap_err();
+        assert!(error.is_exists(), "{error}");
+        assert!(!error.is_not_found());
+        let error = ends(&done_with(-libc::ESRCH)).unwrap_err();
+        assert!(error.is_not_found(), "{error}");
+        assert_eq!(
+            ends(&done_with(-libc::EINTR)).unwrap_err().errno(),
+            Some(libc::EINTR)
+        );
+    }
+
+    #[test]
+    fn truncated_or_short_answers_are_malformed() {
+        let message = bytes(answers::SERVICE_V4);
+        let result = ends(&message[..message.len() - 8]);
+        assert!(matches!(result, Err(Error::Malformed(_))), "{result:?}");
+        // Shorter than its genlmsghdr.
+        let mut short = bytes(answers::DONE)[..16].to_vec();
+        short[..4].copy_from_slice(&18u32.to_le_bytes());
+        short[4] = 0x23;
+        short.extend([1, 1]);
+        let result = ends(&short);
+        assert!(matches!(&result, Err(Error::Malformed(m)) if m.contains("genlmsghdr")));
     }
 }

@@ -19,7 +19,9 @@ use super::types::{
     max_prefix, Destination, FwdMethod, RealServer, RealServerStats, Scheduler, ServiceFlags,
     ServiceKey, Timeouts, VirtualServer,
 };
-use crate::netlink::{attrs, fixed, required, u16_value, u32_value, Attr};
+use kube_proxy_netlink::Attr;
+
+use crate::netlink::{attrs, fixed, required, u16_value, u32_value};
 use crate::Error;
 
 /// The generic netlink family name and version of IPVS.
@@ -498,7 +500,7 @@ fn protocol_of(num: u16) -> Option<Protocol> {
 mod tests {
     use super::*;
     use crate::kernel_answers::{self as answers, bytes};
-    use crate::netlink::encode;
+    use kube_proxy_netlink::encode;
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 
     // Requests with sequence number 1 and NLM_F_REQUEST | NLM_F_ACK to IPVS family 0x23,

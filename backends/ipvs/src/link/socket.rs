@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use kube_proxy_netlink::Connection;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
@@ -9,7 +10,6 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::DummyLinkClient;
-use crate::netlink::Connection;
 use crate::Error;
 
 const ACK: u16 = NLM_F_REQUEST | NLM_F_ACK;
@@ -46,7 +46,7 @@ impl DummyLink {
             .attributes
             .push(LinkAttribute::IfName(self.name.clone()));
         let mut found = None;
-        let result = self.conn.request(
+        let result: Result<(), Error> = self.conn.request(
             "link lookup",
             RouteNetlinkMessage::GetLink(message),
             ACK,
@@ -170,7 +170,7 @@ impl DummyLinkClient for DummyLink {
                 if let RouteNetlinkMessage::NewAddress(message) = answer {
                     addrs.extend(address_on(&message, index));
                 }
-                Ok(())
+                Ok::<(), Error>(())
             },
         )?;
         Ok(addrs)

@@ -1,102 +1,22 @@
-//! Shared fixtures of the nftables backend tests: small model builders, the golden
-//! scenarios, a private network namespace runner and a counting executor.
-#![allow(dead_code)] // each test binary uses a different part
+//! Fixtures of the nftables backend tests: what only nftables mode needs (its options,
+//! its own golden scenarios, a recording executor) over the builders, scenarios and
+//! runners it shares with iptables mode in `kube-proxy-test-support`.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use ipnet::IpNet;
-use kube_proxy_model::{
-    Endpoint, IpFamily, LocalDetector, NodeInfo, NodePortAddress, Protocol, ProxyOptions,
-    ProxyState, Scheduling, ServiceEntry, ServicePort, ServicePortName, SessionAffinity,
-};
+use kube_proxy_model::{LocalDetector, ProxyOptions, Scheduling, ServicePort};
 use kube_proxy_nftables::{
     ExecError, Family, NftExecutor, StaticAddresses, TableState, Transaction,
 };
-
-pub fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-pub fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-pub fn name(ns: &str, svc: &str, port: &str, protocol: Protocol) -> ServicePortName {
-    ServicePortName {
-        namespace: ns.into(),
-        name: svc.into(),
-        port: port.into(),
-        protocol,
-    }
-}
-
-/// A ClusterIP service port with nothing else set.
-pub fn port(
-    ns: &str,
-    svc: &str,
-    port_name: &str,
-    protocol: Protocol,
-    cluster_ip: &str,
-    port: u16,
-) -> ServicePort {
-    ServicePort::new(name(ns, svc, port_name, protocol), ip(cluster_ip), port)
-}
-
-pub fn ep(addr: &str, port: u16, local: bool) -> Endpoint {
-    Endpoint::ready(ip(addr), port, local)
-}
-
-pub fn terminating(addr: &str, port: u16, local: bool) -> Endpoint {
-    Endpoint {
-        ready: false,
-        serving: true,
-        terminating: true,
-        ..ep(addr, port, local)
-    }
-}
-
-pub fn node() -> NodeInfo {
-    NodeInfo {
-        name: "node1".into(),
-        zone: None,
-        ips: vec![ip("192.168.0.2"), ip("fd00:192::2")],
-        pod_cidrs: vec![net("10.0.1.0/24")],
-        service_cidrs: vec![],
-    }
-}
+pub use kube_proxy_test_support::{
+    dns, dns_tcp, ep, in_netns, insert, ip, name, net, node, nodeport, port, scenario, state,
+    terminating, two_endpoints, web, GoldenFiles, Scenario,
+};
 
 /// The local addresses the golden scenarios pretend the node has.
 pub fn addresses() -> StaticAddresses {
-    StaticAddresses(vec![
-        ip("127.0.0.1"),
-        ip("192.168.0.2"),
-        ip("10.0.1.1"),
-        ip("::1"),
-        ip("fd00:192::2"),
-    ])
-}
-
-/// A model holding `ports` with their endpoints.
-pub fn state(node: NodeInfo, ports: Vec<(ServicePort, Vec<Endpoint>)>) -> ProxyState {
-    let mut st = ProxyState {
-        node,
-        ..ProxyState::default()
-    };
-    for (p, eps) in ports {
-        insert(&mut st, p, eps);
-    }
-    st
-}
-
-/// Adds or replaces one service port in `st`.
-pub fn insert(st: &mut ProxyState, p: ServicePort, eps: Vec<Endpoint>) {
-    let entry = Arc::new(ServiceEntry::new(p, eps, &st.node));
-    let map = match entry.port.family {
-        IpFamily::V4 => &mut st.v4,
-        IpFamily::V6 => &mut st.v6,
-    };
-    map.insert(entry.port.name.clone(), entry);
+    StaticAddresses(kube_proxy_test_support::local_addresses())
 }
 
 pub fn default_options() -> ProxyOptions {
@@ -106,209 +26,24 @@ pub fn default_options() -> ProxyOptions {
     }
 }
 
-/// One golden scenario: a name (the file under `tests/golden/`), options and a model.
-pub struct Scenario {
-    pub name: &'static str,
-    pub options: ProxyOptions,
-    pub state: ProxyState,
-}
-
-fn scenario(
-    name: &'static str,
-    options: ProxyOptions,
-    ports: Vec<(ServicePort, Vec<Endpoint>)>,
-) -> Scenario {
-    Scenario {
-        name,
-        options,
-        state: state(node(), ports),
-    }
-}
-
-fn web() -> ServicePort {
-    port("ns1", "web", "http", Protocol::Tcp, "172.30.0.10", 80)
-}
-
-fn two_endpoints() -> Vec<Endpoint> {
-    vec![ep("10.0.1.5", 8080, true), ep("10.0.2.5", 8080, false)]
-}
-
-/// Every feature of nftables mode, one scenario each.
+/// Every feature of nftables mode, one scenario each: those iptables mode shares, then
+/// nftables mode's own.
 pub fn scenarios() -> Vec<Scenario> {
     let d = default_options;
-    let mut v = vec![
-        scenario("clusterip", d(), vec![(web(), two_endpoints())]),
-        scenario(
-            "nodeport",
-            d(),
-            vec![(
-                ServicePort {
-                    node_port: 30080,
-                    ..web()
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario(
-            "nodeport_addresses",
-            ProxyOptions {
-                node_port_addresses: vec![
-                    NodePortAddress::Cidr(net("10.0.0.0/8")),
-                    NodePortAddress::Primary,
-                ],
-                ..d()
-            },
-            vec![(
-                ServicePort {
-                    node_port: 30080,
-                    ..web()
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario(
-            "external_ip",
-            d(),
-            vec![(
-                ServicePort {
-                    external_ips: vec![ip("203.0.113.7")],
-                    ..web()
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario(
-            "loadbalancer_source_ranges",
-            d(),
-            vec![(
-                ServicePort {
-                    node_port: 30080,
-                    load_balancer_ips: vec![ip("198.51.100.1")],
-                    load_balancer_source_ranges: vec![net("192.168.0.0/24"), net("203.0.113.0/24")],
-                    ..web()
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario("etp_local", d(), vec![(etp_local(), two_endpoints())]),
-        scenario(
-            "etp_local_no_local_endpoints",
-            d(),
-            vec![(etp_local(), vec![ep("10.0.2.5", 8080, false)])],
-        ),
-        scenario(
-            "itp_local",
-            d(),
-            vec![(
-                ServicePort {
-                    internal_policy_local: true,
-                    ..web()
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario(
-            "itp_local_no_local_endpoints",
-            d(),
-            vec![(
-                ServicePort {
-                    internal_policy_local: true,
-                    ..web()
-                },
-                vec![ep("10.0.2.5", 8080, false)],
-            )],
-        ),
-        scenario(
-            "terminating_fallback",
-            d(),
-            vec![(
-                etp_local(),
-                vec![
-                    terminating("10.0.1.5", 8080, true),
-                    ep("10.0.2.5", 8080, false),
-                ],
-            )],
-        ),
+    let mut v = kube_proxy_test_support::shared_scenarios(d, 32000);
+    // also the lowest masquerade bit
+    kube_proxy_test_support::options_mut(&mut v, "detector_none").masquerade_bit = 0;
+    v.extend([
         scenario(
             "no_endpoints",
             d(),
             vec![(
                 ServicePort {
-                    node_port: 30080,
                     external_ips: vec![ip("203.0.113.7")],
-                    ..web()
+                    ..nodeport()
                 },
                 vec![],
             )],
-        ),
-        scenario(
-            "affinity",
-            d(),
-            vec![(
-                ServicePort {
-                    session_affinity: Some(SessionAffinity {
-                        timeout_seconds: 10800,
-                    }),
-                    ..web()
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario(
-            "ipv6",
-            ProxyOptions {
-                local_detector: LocalDetector::Cidrs(vec![net("10.0.0.0/16"), net("fd00:10::/64")]),
-                ..d()
-            },
-            vec![
-                (web(), two_endpoints()),
-                (
-                    ServicePort {
-                        node_port: 30081,
-                        ..port("ns1", "web6", "http", Protocol::Tcp, "fd00:30::10", 80)
-                    },
-                    vec![ep("fd00:10::5", 8080, true), ep("fd00:10::6", 8080, false)],
-                ),
-            ],
-        ),
-        scenario(
-            "sctp",
-            d(),
-            vec![(
-                ServicePort {
-                    node_port: 30132,
-                    ..port("ns1", "sig", "", Protocol::Sctp, "172.30.0.20", 132)
-                },
-                two_endpoints(),
-            )],
-        ),
-        scenario(
-            "udp_multiport",
-            d(),
-            vec![
-                (
-                    port(
-                        "kube-system",
-                        "dns",
-                        "dns",
-                        Protocol::Udp,
-                        "172.30.0.53",
-                        53,
-                    ),
-                    vec![ep("10.0.1.9", 53, true)],
-                ),
-                (
-                    port(
-                        "kube-system",
-                        "dns",
-                        "dns-tcp",
-                        Protocol::Tcp,
-                        "172.30.0.53",
-                        53,
-                    ),
-                    vec![ep("10.0.1.9", 53, true)],
-                ),
-            ],
         ),
         scenario(
             "random_scheduling",
@@ -318,72 +53,11 @@ pub fn scenarios() -> Vec<Scenario> {
             },
             vec![(web(), two_endpoints())],
         ),
-        scenario(
-            "masquerade_all",
-            ProxyOptions {
-                masquerade_all: true,
-                ..d()
-            },
-            vec![(web(), two_endpoints())],
-        ),
-        scenario(
-            "detector_bridge",
-            ProxyOptions {
-                local_detector: LocalDetector::BridgeInterface("cbr0".into()),
-                ..d()
-            },
-            vec![(etp_local(), two_endpoints())],
-        ),
-        scenario(
-            "detector_interface_prefix",
-            ProxyOptions {
-                local_detector: LocalDetector::InterfaceNamePrefix("veth".into()),
-                ..d()
-            },
-            vec![(etp_local(), two_endpoints())],
-        ),
-        scenario(
-            "detector_none",
-            ProxyOptions {
-                local_detector: LocalDetector::None,
-                masquerade_bit: 0,
-                ..d()
-            },
-            vec![(etp_local(), two_endpoints())],
-        ),
-    ];
+    ]);
     let mut cidrs = scenario("service_cidrs", d(), vec![(web(), two_endpoints())]);
     cidrs.state.node.service_cidrs = vec![net("172.30.0.0/16"), net("fd00:30::/112")];
     v.push(cidrs);
     v
-}
-
-fn etp_local() -> ServicePort {
-    ServicePort {
-        node_port: 30080,
-        load_balancer_ips: vec![ip("198.51.100.1")],
-        external_policy_local: true,
-        health_check_node_port: 32000,
-        ..web()
-    }
-}
-
-/// Runs `f` on a thread inside a new, private network namespace, so that nothing touches
-/// the host's own. Panics (failing the test) when the namespace cannot be created.
-pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespace membership.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET) failed (tests need root): {}",
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join()
-    .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Wraps an executor and records the scripts it applied.
