@@ -484,8 +484,7 @@ impl Backend for IptablesBackend {
         for exec in &mut self.other_variants {
             match cleanup_with(&mut **exec, &IpFamily::ALL) {
                 Ok(_) => {}
-                Err(ExecError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.is_missing_tool() => {}
                 Err(e) => return Err(backend_error(e, "cleaning up the other iptables variant")),
             }
         }

@@ -79,8 +79,7 @@ pub fn cleanup_leftovers() -> Result<(), BackendError> {
                 ),
                 Ok(false) => {}
                 // Tools of a variant that is not installed: nothing of it to clean up.
-                Err(ExecError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.is_missing_tool() => {}
                 Err(e) => errors.push(format!("{} {family}: {e}", variant.as_str())),
             }
         }

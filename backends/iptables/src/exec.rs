@@ -27,6 +27,13 @@ pub enum ExecError {
     },
 }
 
+impl ExecError {
+    /// The tool is not installed: there is nothing of what it manages to clean up.
+    pub fn is_missing_tool(&self) -> bool {
+        matches!(self, ExecError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// The two implementations of the iptables tools; a node uses one of them, and rules
 /// written with the other are invisible to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

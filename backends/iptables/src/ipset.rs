@@ -43,9 +43,7 @@ pub fn is_upstream_ipvs_set(name: &str) -> bool {
 /// still matches on. Without the `ipset` tool there are none to destroy.
 pub fn destroy_upstream_ipvs_sets() -> Result<bool, ExecError> {
     let listed = match run(IPSET, &["list", "-n"], None) {
-        Err(ExecError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(false)
-        }
+        Err(e) if e.is_missing_tool() => return Ok(false),
         listed => checked(listed?)?,
     };
     let sets: Vec<&str> = listed.lines().filter(|s| is_upstream_ipvs_set(s)).collect();
