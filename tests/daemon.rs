@@ -615,7 +615,8 @@ fn assert_same_facts(expected: &Facts, actual: &Facts, what: &str) {
 
 /// What `table ip kube-proxy` programs, as [`Facts`]; `None` when there is no table.
 ///
-/// Endpoints are the chains a live `service-*` chain dispatches to; an endpoint chain
+/// Endpoints are the chains a live `service-*` chain dispatches to, in its rules or
+/// through the maps its rules look up (`vmap @…`); an endpoint chain
 /// with rules that no service chain uses, or one used but empty, shows up as an odd
 /// fact so that it fails any comparison. (Flushed, rule-less chains awaiting deletion
 /// are upstream's normal way of retiring chains and are ignored.)
@@ -650,7 +651,11 @@ fn kernel_facts() -> Option<Facts> {
         if !chain.starts_with("service-") {
             continue;
         }
-        for endpoint in goto_targets(rules).filter(|t| t.starts_with("endpoint-")) {
+        let through_maps = map_refs(rules)
+            .flat_map(|map| table.map_elements(&map))
+            .map(|(_, target)| target);
+        let targets: Vec<String> = goto_targets(rules).chain(through_maps).collect();
+        for endpoint in targets.into_iter().filter(|t| t.starts_with("endpoint-")) {
             facts.insert(endpoint_chain_fact(&endpoint, &table));
             used.insert(endpoint);
         }
@@ -688,21 +693,29 @@ fn chain_subject(chain: &str) -> String {
 }
 
 /// Every `goto` target in `rules` (in verdict maps or plain).
-fn goto_targets(rules: &[Value]) -> impl Iterator<Item = String> + '_ {
-    fn walk(value: &Value, out: &mut Vec<String>) {
+fn goto_targets(rules: &[Value]) -> impl Iterator<Item = String> {
+    find_in(rules, |v| {
+        v.get("goto")?["target"].as_str().map(str::to_owned)
+    })
+}
+
+/// The maps that `rules` look up: nft's JSON writes a named set or map as `"@name"`.
+fn map_refs(rules: &[Value]) -> impl Iterator<Item = String> {
+    find_in(rules, |v| v.as_str()?.strip_prefix('@').map(str::to_owned))
+}
+
+/// Every value `pick` finds anywhere in the JSON of `rules`.
+fn find_in(rules: &[Value], pick: impl Fn(&Value) -> Option<String>) -> std::vec::IntoIter<String> {
+    fn walk(value: &Value, pick: &dyn Fn(&Value) -> Option<String>, out: &mut Vec<String>) {
+        out.extend(pick(value));
         match value {
-            Value::Object(map) => {
-                if let Some(target) = map.get("goto").and_then(|g| g["target"].as_str()) {
-                    out.push(target.to_owned());
-                }
-                map.values().for_each(|v| walk(v, out));
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            Value::Object(map) => map.values().for_each(|v| walk(v, pick, out)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, pick, out)),
             _ => {}
         }
     }
     let mut out = Vec::new();
-    rules.iter().for_each(|rule| walk(rule, &mut out));
+    rules.iter().for_each(|rule| walk(rule, &pick, &mut out));
     out.into_iter()
 }
 

@@ -21,7 +21,7 @@ use kube_proxy_model::{
     CategorizedEndpoints, Endpoint, IpFamily, LocalDetector, Protocol, ProxyOptions, ProxyState,
     ServiceEntry, ServicePortName,
 };
-use kube_proxy_nftables::ir::{BaseChain, ChainType, Family, Hook, Set, SetFlag};
+use kube_proxy_nftables::ir::{BaseChain, ChainType, Family, Hook, KeySyntax, Set, SetFlag};
 use kube_proxy_nftables::table::{ChainState, ElementValue, SetState, TableState};
 
 use crate::{RealServer, Scheduler, ServiceFlags, ServiceKey, Timeouts, VirtualServer};
@@ -310,6 +310,7 @@ impl Companion {
         for (name, key_type, value_type, interval, comment) in sets {
             let def = Set {
                 name: name.into(),
+                key_syntax: KeySyntax::Type,
                 key_type,
                 value_type: value_type.map(str::to_string),
                 flags: if interval {

@@ -177,11 +177,34 @@ impl SetFlag {
     }
 }
 
+/// How a set declares its key: by datatype, or by the expression it is looked up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeySyntax {
+    /// `type ipv4_addr`: a named datatype.
+    #[default]
+    Type,
+    /// `typeof numgen inc mod 1`: what plain integers need, which have no named datatype.
+    Typeof,
+}
+
+impl KeySyntax {
+    /// The nft keyword.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySyntax::Type => "type",
+            KeySyntax::Typeof => "typeof",
+        }
+    }
+}
+
 /// A named set, or a map when `value_type` is set (a verdict map has `verdict`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Set {
     pub name: String,
-    /// `ipv4_addr`, or a concatenation such as `ipv4_addr . inet_proto . inet_service`.
+    /// Whether `key_type` is a datatype or an expression.
+    pub key_syntax: KeySyntax,
+    /// `ipv4_addr`, or a concatenation such as `ipv4_addr . inet_proto . inet_service`;
+    /// with [`KeySyntax::Typeof`], an expression such as `numgen inc mod 1`.
     pub key_type: String,
     /// The value type of a map; `None` for a set.
     pub value_type: Option<String>,
@@ -196,6 +219,7 @@ impl Set {
     pub fn named(name: impl Into<String>, is_map: bool) -> Self {
         Set {
             name: name.into(),
+            key_syntax: KeySyntax::Type,
             key_type: String::new(),
             value_type: is_map.then(String::new),
             flags: Vec::new(),
@@ -222,7 +246,8 @@ impl Set {
     /// cannot change in place (types and timeout). Comments and flags the kernel adds by
     /// itself are ignored.
     pub fn same_shape(&self, other: &Set) -> bool {
-        self.key_type == other.key_type
+        self.key_syntax == other.key_syntax
+            && self.key_type == other.key_type
             && self.value_type == other.value_type
             && self.timeout == other.timeout
     }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::ir::{BaseChain, ChainType, Hook, Set, SetFlag};
+use crate::ir::{BaseChain, ChainType, Hook, KeySyntax, Set, SetFlag};
 use crate::table::{ChainState, ElementValue, SetState, TableState};
 
 /// `nft list` output that could not be understood.
@@ -159,7 +159,11 @@ fn parse_priority(words: &[&str]) -> Result<i32, String> {
 }
 
 fn set_line(def: &mut Set, line: &str) -> Result<(), String> {
-    if let Some(ty) = line.strip_prefix("type ") {
+    let declared = [KeySyntax::Type, KeySyntax::Typeof]
+        .into_iter()
+        .find_map(|k| Some((k, line.strip_prefix(k.as_str())?.strip_prefix(' ')?)));
+    if let Some((syntax, ty)) = declared {
+        def.key_syntax = syntax;
         match ty.split_once(" : ") {
             Some((k, v)) => {
                 def.key_type = k.to_string();

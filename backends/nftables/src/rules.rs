@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use kube_proxy_model::{Endpoint, IpFamily, LocalDetector, ProxyOptions, Scheduling, ServiceEntry};
 
 use crate::addresses::NodePortIps;
-use crate::ir::{rule_text, BaseChain, ChainType, Family, Hook, Set, SetFlag};
+use crate::ir::{rule_text, BaseChain, ChainType, Family, Hook, KeySyntax, Set, SetFlag};
 use crate::names::{
     EndpointNames, ServiceChains, CLUSTER_IPS, CLUSTER_IPS_CHECK, FILTER_FORWARD, FILTER_INPUT,
     FILTER_OUTPUT, FILTER_OUTPUT_POST_DNAT, FILTER_PREROUTING, FIREWALL_CHECK, FIREWALL_IPS,
@@ -214,6 +214,7 @@ fn add_set(
 ) {
     let def = Set {
         name: name.to_string(),
+        key_syntax: KeySyntax::Type,
         key_type,
         value_type: value_type.map(str::to_string),
         flags: Vec::new(),
@@ -393,8 +394,8 @@ pub(crate) struct FragmentElement {
 pub(crate) struct Fragment {
     /// Its own chains (all service chains: their names contain `/`).
     pub chains: BTreeMap<String, ChainState>,
-    /// Its affinity sets.
-    pub sets: Vec<Set>,
+    /// Its own sets: affinity sets, and the maps its chains pick endpoints from.
+    pub sets: Vec<SetState>,
     /// Its elements in the shared sets and maps.
     pub elements: Vec<FragmentElement>,
 }
@@ -661,14 +662,18 @@ fn endpoint_rules(ctx: &Context, plan: &Plan, f: &mut Fragment) {
     for ep in &entry.categorized.all_reachable {
         let n = EndpointNames::new(&entry.port.name, ep);
         if let Some(a) = affinity {
-            f.sets.push(Set {
-                name: n.affinity_set.clone(),
-                key_type: ctx.addr_type().into(),
-                value_type: None,
-                // The kernel adds `dynamic` by itself; declaring it avoids a mismatch.
-                flags: vec![SetFlag::Dynamic, SetFlag::Timeout],
-                timeout: Some(a.timeout_seconds),
-                comment: None,
+            f.sets.push(SetState {
+                def: Set {
+                    name: n.affinity_set.clone(),
+                    key_syntax: KeySyntax::Type,
+                    key_type: ctx.addr_type().into(),
+                    value_type: None,
+                    // The kernel adds `dynamic` by itself; declaring it avoids a mismatch.
+                    flags: vec![SetFlag::Dynamic, SetFlag::Timeout],
+                    timeout: Some(a.timeout_seconds),
+                    comment: None,
+                },
+                elements: BTreeMap::new(),
             });
         }
         f.rule(&n.chain, format!("{ip} saddr {} jump {MARK_MASQ}", ep.ip));
@@ -739,17 +744,40 @@ fn balance(
         Scheduling::RoundRobin => "inc",
         Scheduling::Random => "random",
     };
-    let arms: Vec<String> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{i} : goto {}", n.chain))
-        .collect();
     f.rule(
         chain,
-        format!(
-            "numgen {mode} mod {} vmap {{ {} }}",
-            names.len(),
-            arms.join(", ")
-        ),
+        format!("numgen {mode} mod {} vmap @{chain}", names.len()),
     );
+    f.sets.push(endpoint_map(chain, &names));
+}
+
+/// The map a load-balancing chain picks its endpoint chain from, named after the chain.
+///
+/// Upstream writes it as an anonymous map in the rule. Every anonymous set gets a
+/// generated name (`__map%d`), and the kernel finds a free one by scanning all the table's
+/// sets: loading 10k Services that way took over 100 s of kernel time, named maps 12 s.
+fn endpoint_map(chain: &str, endpoints: &[EndpointNames]) -> SetState {
+    let elements = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let value = ElementValue {
+                value: Some(format!("goto {}", n.chain)),
+                comment: None,
+            };
+            (i.to_string(), value)
+        })
+        .collect();
+    SetState {
+        def: Set {
+            name: chain.to_string(),
+            key_syntax: KeySyntax::Typeof,
+            key_type: "numgen inc mod 1".into(),
+            value_type: Some("verdict".into()),
+            flags: Vec::new(),
+            timeout: None,
+            comment: None,
+        },
+        elements,
+    }
 }

@@ -5,10 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube_proxy_model::{ServiceMap, ServicePortName};
 
-use crate::ir::Set;
 use crate::plan::{Incompatible, Planner};
 use crate::rules::{service_fragment, Context, Fragment};
-use crate::table::{ElementValue, TableState};
+use crate::table::{ElementValue, SetState, TableState};
 
 /// What one service port owns in the table, so that a later sync can remove it.
 #[derive(Debug, Clone, Default)]
@@ -73,13 +72,7 @@ impl ServiceIndex {
             let fragment = service_fragment(ctx, entry);
             index.record(name, &fragment);
             for set in fragment.sets {
-                desired
-                    .sets
-                    .entry(set.name.clone())
-                    .or_insert_with(|| crate::table::SetState {
-                        def: set,
-                        elements: BTreeMap::new(),
-                    });
+                desired.sets.entry(set.def.name.clone()).or_insert(set);
             }
             desired.chains.extend(fragment.chains);
         }
@@ -96,7 +89,7 @@ impl ServiceIndex {
     fn record(&mut self, name: &ServicePortName, fragment: &Fragment) {
         let mut fp = Footprint {
             chains: fragment.chains.keys().cloned().collect(),
-            sets: fragment.sets.iter().map(|s| s.name.clone()).collect(),
+            sets: fragment.sets.iter().map(|s| s.def.name.clone()).collect(),
             elements: Vec::with_capacity(fragment.elements.len()),
         };
         for e in &fragment.elements {
@@ -152,10 +145,13 @@ fn plan_objects(
     new: &Fragment,
 ) -> Result<(), Incompatible> {
     // A ClientIP-affinity port has one set per endpoint: look them up, never scan.
-    let new_sets: HashMap<&String, &Set> = new.sets.iter().map(|s| (&s.name, s)).collect();
+    let new_sets: HashMap<&String, &SetState> = new.sets.iter().map(|s| (&s.def.name, s)).collect();
     let sets: BTreeSet<&String> = old.sets.iter().chain(new_sets.keys().copied()).collect();
     for name in sets {
-        planner.set(name, new_sets.get(name).copied())?;
+        planner.set(name, new_sets.get(name).map(|s| &s.def))?;
+    }
+    for set in new.sets.iter().filter(|s| !s.def.is_dynamic()) {
+        planner.elements(&set.def.name, &set.elements);
     }
     let chains: BTreeSet<&String> = old.chains.iter().chain(new.chains.keys()).collect();
     for name in chains {

@@ -333,7 +333,7 @@ fn err(msg: impl Into<String>) -> ModelError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Chain, Rule};
+    use crate::ir::{Chain, KeySyntax, Rule};
 
     fn elem(container: &str, key: &str, value: &str) -> Object {
         Object::Element(Element {
@@ -352,6 +352,7 @@ mod tests {
         tx.add(
             Family::Ip,
             Object::Set(Set {
+                key_syntax: KeySyntax::Type,
                 name: "m".into(),
                 key_type: "inet_proto . inet_service".into(),
                 value_type: Some("verdict".into()),

@@ -192,7 +192,7 @@ fn render_chain_props(out: &mut String, chain: &Chain) {
 }
 
 fn render_set_props(out: &mut String, set: &Set) {
-    let _ = write!(out, " {{ type {}", set.key_type);
+    let _ = write!(out, " {{ {} {}", set.key_syntax.as_str(), set.key_type);
     if let Some(v) = &set.value_type {
         let _ = write!(out, " : {v}");
     }
@@ -226,7 +226,7 @@ fn render_element(out: &mut String, elem: &Element, key_only: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{BaseChain, ChainType, Hook, Rule, SetFlag};
+    use crate::ir::{BaseChain, ChainType, Hook, KeySyntax, Rule, SetFlag};
 
     #[test]
     fn renders_every_object_kind() {
@@ -252,6 +252,7 @@ mod tests {
         tx.add(
             Family::Ip6,
             Object::Set(Set {
+                key_syntax: KeySyntax::Type,
                 name: "affinity-X".into(),
                 key_type: "ipv6_addr".into(),
                 value_type: None,

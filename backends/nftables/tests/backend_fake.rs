@@ -72,12 +72,20 @@ fn full_sync_builds_both_tables() {
         "{chain}"
     );
     let rules = &v4.chains[chain].rules;
+    assert_eq!(
+        rules.last().unwrap(),
+        &format!("numgen inc mod 1 vmap @{chain}"),
+        "the chain picks its endpoint from the map named after it"
+    );
+    let picks = &v4.sets[chain].elements;
+    assert_eq!(picks.len(), 1, "{picks:?}");
     assert!(
-        rules
-            .last()
+        picks["0"]
+            .value
+            .as_deref()
             .unwrap()
-            .starts_with("numgen inc mod 1 vmap { 0 : goto endpoint-"),
-        "{rules:?}"
+            .starts_with("goto endpoint-"),
+        "{picks:?}"
     );
     assert_eq!(v4.chains["nat-output"].rules, vec!["jump services"]);
     let v6 = fake.table(Family::Ip6).unwrap();
