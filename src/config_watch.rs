@@ -12,8 +12,11 @@
 //! * Comparing content never fires on a `touch` or an identical rewrite (a ConfigMap
 //!   resynced without a change), which would restart every proxy of the cluster for
 //!   nothing.
+//! * A write in place truncates the file before writing it: a read in between sees an
+//!   empty or partial file. A change counts once two reads in a row agree on it, so an
+//!   identical rewrite never fires.
 //! * A configuration file is a few kilobytes: one read a second costs nothing, and a
-//!   change is noticed within a second, well before anyone expects the restart.
+//!   change is noticed within two seconds, well before anyone expects the restart.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,22 +48,26 @@ pub async fn spawn(path: PathBuf, fatal: mpsc::Sender<anyhow::Error>) -> Result<
     Ok(())
 }
 
-/// Returns once the content of `path`, read every `interval`, differs from `initial`.
+/// Returns once the content of `path`, read every `interval`, differs from `initial`
+/// (confirmed by the next read, see [`Readings`]).
 ///
 /// A file that cannot be read is not a change: a restart could not read it either, and a
 /// replacement that reappears with new content is caught then.
 async fn changed(path: &Path, initial: &[u8], interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut readings = Readings::new(initial);
     let mut unreadable = false;
     loop {
         ticker.tick().await;
         match tokio::fs::read(path).await {
-            Ok(content) if content != initial => {
-                tracing::info!(path = %path.display(), "the configuration file changed");
-                return;
+            Ok(content) => {
+                unreadable = false;
+                if readings.changed(content) {
+                    tracing::info!(path = %path.display(), "the configuration file changed");
+                    return;
+                }
             }
-            Ok(_) => unreadable = false,
             Err(e) => {
                 // Said once per outage, not once a second.
                 if !std::mem::replace(&mut unreadable, true) {
@@ -68,6 +75,37 @@ async fn changed(path: &Path, initial: &[u8], interval: Duration) {
                 }
             }
         }
+    }
+}
+
+/// Successive reads of the file. A content other than the initial one is a change only
+/// when the next read finds the same: a read during a write in place (truncate, then
+/// write) sees a file that is empty or cut short for a moment.
+struct Readings<'a> {
+    initial: &'a [u8],
+    /// A different content seen by the last read, not yet confirmed.
+    candidate: Option<Vec<u8>>,
+}
+
+impl<'a> Readings<'a> {
+    fn new(initial: &'a [u8]) -> Self {
+        Readings {
+            initial,
+            candidate: None,
+        }
+    }
+
+    /// Records one read; true once a change is confirmed.
+    fn changed(&mut self, content: Vec<u8>) -> bool {
+        if content == self.initial {
+            self.candidate = None;
+            return false;
+        }
+        if self.candidate.as_ref() == Some(&content) {
+            return true;
+        }
+        self.candidate = Some(content);
+        false
     }
 }
 
@@ -149,6 +187,21 @@ mod tests {
     async fn a_configmap_update_fires() {
         let update = |dir: &Path| swap_configmap(dir, "mode: iptables\n");
         assert!(fires(b"mode: nftables\n", configmap, update, NOTICE).await);
+    }
+
+    #[test]
+    fn a_change_counts_once_two_reads_agree() {
+        let mut r = Readings::new(b"mode: nftables\n");
+        assert!(!r.changed(b"mode: nftables\n".to_vec()));
+        // An identical rewrite in place, read while truncated and while half written.
+        assert!(!r.changed(Vec::new()));
+        assert!(!r.changed(b"mode: nf".to_vec()));
+        assert!(!r.changed(b"mode: nftables\n".to_vec()));
+        assert!(!r.changed(Vec::new()));
+        assert!(!r.changed(b"mode: nftables\n".to_vec()));
+        // A real change: seen twice in a row.
+        assert!(!r.changed(b"mode: iptables\n".to_vec()));
+        assert!(r.changed(b"mode: iptables\n".to_vec()));
     }
 
     #[tokio::test]
