@@ -654,8 +654,8 @@ fn kernel_facts() -> Option<Facts> {
         let through_maps = map_refs(rules)
             .flat_map(|map| table.map_elements(&map))
             .map(|(_, target)| target);
-        let targets: Vec<String> = goto_targets(rules).chain(through_maps).collect();
-        for endpoint in targets.into_iter().filter(|t| t.starts_with("endpoint-")) {
+        let targets = goto_targets(rules).chain(through_maps);
+        for endpoint in targets.filter(|t| t.starts_with("endpoint-")) {
             facts.insert(endpoint_chain_fact(&endpoint, &table));
             used.insert(endpoint);
         }

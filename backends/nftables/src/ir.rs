@@ -178,10 +178,9 @@ impl SetFlag {
 }
 
 /// How a set declares its key: by datatype, or by the expression it is looked up with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySyntax {
     /// `type ipv4_addr`: a named datatype.
-    #[default]
     Type,
     /// `typeof numgen inc mod 1`: what plain integers need, which have no named datatype.
     Typeof,
